@@ -1,0 +1,164 @@
+"""Softmax head: online multinomial logistic regression over the item categories seen so far.
+
+Trained test-then-train (prequential): for each event it first predicts the event's categories from the
+features before the event and records hit@1, hit@5 and log-loss, then takes one SGD step. An item with
+several categories is a soft target spread evenly over them.
+
+The class set grows online: a category gets a zero row the first time it appears (before the test step,
+so the log-loss stays finite). ``merge`` averages replicas weighted by how many examples each has seen,
+aligning classes by name: that is how several workers, each training a replica on its own partitions,
+can share one head (see the README, "Scaling out the head").
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def loss_and_grad(
+    W: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Cross-entropy of softmax(Wx + b) against the target distribution y, plus (l2/2)·||W||².
+
+    Returns (loss, dL/dW, dL/db). Works in the dtype it is given, so a test can check it in float64.
+    """
+    p = softmax(W @ x + b)
+    loss = -float(np.sum(y * np.log(np.maximum(p, 1e-12)))) + 0.5 * l2 * float(np.sum(W * W))
+    g = p - y
+    return loss, np.outer(g, x) + l2 * W, g
+
+
+@dataclass
+class PrequentialStats:
+    n: int = 0
+    hit1: int = 0
+    hit5: int = 0
+    log_loss_sum: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {
+            "n": self.n,
+            "hit@1": self.hit1 / n,
+            "hit@5": self.hit5 / n,
+            "log_loss": self.log_loss_sum / n,
+        }
+
+
+class SoftmaxHead:
+    def __init__(self, n_features: int, learning_rate: float = 0.05, l2: float = 1e-5) -> None:
+        self.n_features = n_features
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.classes: list[str] = []
+        self._index: dict[str, int] = {}
+        self.W = np.zeros((0, n_features), np.float32)
+        self.b = np.zeros(0, np.float32)
+        self.stats = PrequentialStats()
+
+    # -- class set -------------------------------------------------------------------------------
+    def add_classes(self, categories: tuple[str, ...] | list[str]) -> None:
+        new = [c for c in dict.fromkeys(categories) if c not in self._index]
+        if not new:
+            return
+        for c in new:
+            self._index[c] = len(self.classes)
+            self.classes.append(c)
+        self.W = np.vstack([self.W, np.zeros((len(new), self.n_features), np.float32)])
+        self.b = np.concatenate([self.b, np.zeros(len(new), np.float32)])
+
+    def _target(self, categories: tuple[str, ...] | list[str]) -> np.ndarray:
+        y = np.zeros(len(self.classes), np.float32)
+        idx = [self._index[c] for c in categories]
+        y[idx] = 1.0 / len(idx)
+        return y
+
+    # -- estimator API ---------------------------------------------------------------------------
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if not self.classes:
+            return np.zeros(0, np.float32)
+        return softmax(self.W @ x + self.b)
+
+    def top_k(self, x: np.ndarray, k: int) -> list[tuple[str, float]]:
+        p = self.predict_proba(x)
+        order = np.argsort(-p, kind="stable")[:k]
+        return [(self.classes[i], float(p[i])) for i in order]
+
+    def learn_one(self, x: np.ndarray, categories: tuple[str, ...] | list[str]) -> float:
+        """One SGD step on (x, categories); returns the loss before the step."""
+        self.add_classes(categories)
+        loss, gW, gb = loss_and_grad(self.W, self.b, x, self._target(categories), self.l2)
+        self.W -= np.float32(self.learning_rate) * gW
+        self.b -= np.float32(self.learning_rate) * gb
+        return loss
+
+    def test_then_train(self, x: np.ndarray, categories: tuple[str, ...]) -> None:
+        """Score the prediction for this example (prequential metrics), then learn from it."""
+        if not categories:
+            return
+        self.add_classes(categories)
+        p = self.predict_proba(x)
+        true = [self._index[c] for c in categories]
+        ranked = np.argsort(-p, kind="stable")
+        self.stats.n += 1
+        self.stats.hit1 += int(ranked[0] in true)
+        self.stats.hit5 += int(bool(set(ranked[:5].tolist()) & set(true)))
+        self.stats.log_loss_sum += -float(np.mean(np.log(np.maximum(p[true], 1e-12))))
+        self.learn_one(x, categories)
+
+    # -- replicas --------------------------------------------------------------------------------
+    @classmethod
+    def merge(cls, heads: list[SoftmaxHead]) -> SoftmaxHead:
+        """Average replicas (weights by examples seen), aligning classes by name."""
+        if not heads:
+            raise ValueError("nothing to merge")
+        first = heads[0]
+        out = cls(first.n_features, first.learning_rate, first.l2)
+        for h in heads:
+            out.add_classes(h.classes)
+        total = sum(max(h.stats.n, 1) for h in heads)
+        for h in heads:
+            w = np.float32(max(h.stats.n, 1) / total)
+            rows = [out._index[c] for c in h.classes]
+            out.W[rows] += w * h.W
+            out.b[rows] += w * h.b
+            out.stats.n += h.stats.n
+            out.stats.hit1 += h.stats.hit1
+            out.stats.hit5 += h.stats.hit5
+            out.stats.log_loss_sum += h.stats.log_loss_sum
+        return out
+
+    # -- persistence -----------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        meta = {
+            "n_features": self.n_features,
+            "learning_rate": self.learning_rate,
+            "l2": self.l2,
+            "classes": self.classes,
+            "stats": self.stats.__dict__,
+        }
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), W=self.W, b=self.b)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SoftmaxHead:
+        with np.load(io.BytesIO(raw)) as z:
+            meta = json.loads(z["meta"].tobytes())
+            head = cls(meta["n_features"], meta["learning_rate"], meta["l2"])
+            head.classes = list(meta["classes"])
+            head._index = {c: i for i, c in enumerate(head.classes)}
+            head.W = z["W"].astype(np.float32)
+            head.b = z["b"].astype(np.float32)
+            head.stats = PrequentialStats(**meta["stats"])
+        return head

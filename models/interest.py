@@ -1,0 +1,106 @@
+"""The interest-update rule: one user's state and how an event moves it.
+
+    s(t) = sum_i  w_type(i) * exp(-(t - t_i) / tau) * e_i
+
+The sum is kept relative to ``t_ref``, the newest event time seen: ``vec = s(t_ref)``. A newer event
+rescales the sum to its own time before adding; an older (late) event is added with its decay already
+applied. Either way the result is the same function of the *set* of events, so Kafka's out-of-order
+delivery does not change it, and an ``event_id`` already in the recent-id window is ignored, so
+at-least-once redelivery does not either. The per-type counts follow the same rule with e_i = 1.
+
+Stored size per user (``to_bytes``): 32-byte header + 4*dim (vector) + 12 (counts) + 8*window (id hashes);
+all-MiniLM (384-d) with the default window of 128 gives 2,604 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.config import EVENT_TYPES, InterestConfig
+
+_HEADER = struct.Struct("<BxHIIIdQ")  # format, dim, window, n_ids, events_applied, t_ref, version
+_FORMAT = 1
+
+
+def id_hash(event_id: str) -> int:
+    """64-bit hash of an event id: the dedup window stores these, not the (longer) ids."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass
+class UserState:
+    dim: int
+    window: int
+    vec: np.ndarray  # float32 (dim,): s(t_ref)
+    counts: np.ndarray  # float32 (3,): decayed counts per event type at t_ref
+    t_ref: float = -math.inf
+    events_applied: int = 0
+    version: int = 0
+    recent_ids: list[int] = field(default_factory=list)  # oldest first, at most `window`
+
+    @classmethod
+    def empty(cls, dim: int, window: int) -> UserState:
+        return cls(dim, window, np.zeros(dim, np.float32), np.zeros(len(EVENT_TYPES), np.float32))
+
+    def has_seen(self, event_id: str) -> bool:
+        return id_hash(event_id) in self.recent_ids
+
+    def add(self, event_id: str, ts: float, event_type: str, emb: np.ndarray, cfg: InterestConfig) -> bool:
+        """Apply one event; return False (and change nothing) if its id is in the recent window."""
+        h = id_hash(event_id)
+        if h in self.recent_ids:
+            return False
+        weight = cfg.weight(event_type)
+        if ts >= self.t_ref:
+            # Move the reference time forward: decay what we had to the new event's time.
+            shrink = np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s)) if self.events_applied else 0
+            self.vec *= shrink
+            self.counts *= shrink
+            self.t_ref = ts
+            factor = weight
+        else:
+            factor = weight * math.exp(-(self.t_ref - ts) / cfg.tau_s)
+        self.vec += np.float32(factor) * emb
+        self.counts[EVENT_TYPES.index(event_type)] += np.float32(factor / weight)
+        self.recent_ids.append(h)
+        if len(self.recent_ids) > self.window:
+            del self.recent_ids[0]
+        self.events_applied += 1
+        return True
+
+    def embedding(self) -> np.ndarray:
+        """The published interest vector: s(t) direction, a unit vector in the item-text space."""
+        norm = float(np.linalg.norm(self.vec))
+        return self.vec / np.float32(norm) if norm > 0 else self.vec.copy()
+
+    def counts_at(self, ts: float, cfg: InterestConfig) -> np.ndarray:
+        """Decayed per-type counts as seen at time ``ts`` (no decay backwards for a late event)."""
+        if self.events_applied == 0 or ts <= self.t_ref:
+            return self.counts
+        return self.counts * np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s))
+
+    def to_bytes(self) -> bytes:
+        ids = np.asarray(self.recent_ids, dtype=np.uint64)
+        t_ref = self.t_ref if self.events_applied else -1.0
+        header = _HEADER.pack(
+            _FORMAT, self.dim, self.window, len(ids), self.events_applied, t_ref, self.version
+        )
+        return header + self.vec.tobytes() + self.counts.tobytes() + ids.tobytes()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UserState:
+        fmt, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
+        if fmt != _FORMAT:
+            raise ValueError(f"unknown user-state format {fmt}")
+        off = _HEADER.size
+        vec = np.frombuffer(raw, np.float32, dim, off).copy()
+        off += 4 * dim
+        counts = np.frombuffer(raw, np.float32, len(EVENT_TYPES), off).copy()
+        off += 4 * len(EVENT_TYPES)
+        ids = np.frombuffer(raw, np.uint64, n_ids, off).tolist()
+        return cls(dim, window, vec, counts, t_ref if applied else -math.inf, applied, version, ids)
