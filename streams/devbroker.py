@@ -82,7 +82,7 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
             "transaction.state.log.num.partitions=4",
             "group.initial.rebalance.delay.ms=0",
             "log.cleaner.enable=true",
-            "auto.create.topics.enable=true",
+            "auto.create.topics.enable=false",  # topics are declared with their partition counts
             "",
         ]
     )

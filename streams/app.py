@@ -1,0 +1,52 @@
+"""The Faust app: topics and tables. The agent lives in ``streams.agents``.
+
+Run it with ``interest-stream worker`` or ``faust -A streams.app worker -l info``.
+
+State:
+- ``user-state`` table: per-user ``UserState`` bytes, keyed by user_id, changelog-backed, RocksDB.
+- ``heads`` table: one softmax-head replica per input partition (key = partition number), so a
+  partition's head moves with it on a rebalance and survives restarts.
+- item catalog: every worker reads the whole compacted ``items`` topic (``streams.catalog``), since
+  user-keyed partitions never line up with item keys.
+- the item-embedding cache is a plain RocksDB under the state dir (derived data; see models/cache.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faust
+
+from streams.settings import Settings
+
+settings = Settings.load()
+Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+
+# Each table partition opens its own RocksDB with a 2 GiB block cache by default; keep it small.
+_ROCKS = {"block_cache_size": 16 * 1024**2, "block_cache_compressed_size": 4 * 1024**2}
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{host.strip()}" for host in settings.broker.split(",")],
+    store="rocksdb://",
+    datadir=str(Path(settings.state_dir) / "faust"),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    processing_guarantee=settings.processing_guarantee,
+    web_port=settings.web_port,
+    autodiscover=False,
+    key_serializer="raw",
+    value_serializer="raw",
+)
+
+event_topic = app.topic(*settings.event_topics, partitions=settings.partitions)
+updates_topic = app.topic(settings.updates_topic, partitions=settings.partitions)
+dlq_topic = app.topic(settings.dlq_topic, partitions=settings.partitions)
+
+# bytes key/value types make faust use the raw codec: we serialize states ourselves (compactly).
+user_states = app.Table(
+    "user-state", key_type=bytes, value_type=bytes, partitions=settings.partitions, options=_ROCKS
+)
+heads = app.Table("heads", key_type=bytes, value_type=bytes, partitions=settings.partitions, options=_ROCKS)
+
+from streams import agents  # noqa: E402,F401  (registers the agent with the app)

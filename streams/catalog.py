@@ -1,0 +1,109 @@
+"""The item catalog: every worker reads the *whole* compacted ``items`` topic into a local RocksDB.
+
+Events are partitioned by user, items by item id, so no partition alignment can give a worker the items
+its users touch: each worker needs all of them. Faust's GlobalTable is the textbook tool, but with the
+``items`` topic as its changelog its partition assignment never completed in our tests (faust-streaming
+0.15.3; see also faust issue #432), so this is the small, explicit equivalent: an unassigned aiokafka
+consumer over all ``items`` partitions, the last offset stored next to the data (a restart resumes
+instead of re-reading), and ``wait_caught_up`` so the agent can wait for the initial load and, when an
+event names an item not seen yet, for the reader to reach the end of the topic before giving up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from models.events import InvalidEvent, Item, parse_item
+
+log = logging.getLogger("interest_stream.catalog")
+_OFFSET = b"\x00offset:"
+_BAD = b"\x00bad:"
+
+
+class Catalog:
+    def __init__(self, bootstrap: str, topic: str, path: str | Path) -> None:
+        from rocksdict import Rdict
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.db = Rdict(str(path))
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._positions: dict[int, int] = {}
+        self._ends: dict[int, int] = {}
+        self._progress = asyncio.Condition()
+        self.loaded = 0
+
+    def get(self, item_id: str) -> Item | None:
+        raw = self.db.get(item_id.encode())
+        return None if raw is None else parse_item(json.loads(raw), "catalog item")
+
+    def why_missing(self, item_id: str) -> str | None:
+        """The validation error of a rejected catalog entry for this id, if it had one."""
+        raw = self.db.get(_BAD + item_id.encode())
+        return raw.decode() if raw is not None else None
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            log.warning("items record without a key ignored")
+            return
+        if value is None:  # tombstone: the item was deleted
+            self.db.delete(key)
+            return
+        try:
+            item = parse_item(json.loads(value), "catalog item")
+        except (InvalidEvent, ValueError) as exc:
+            log.warning("catalog item %r rejected: %s", key, exc)
+            self.db[_BAD + key] = str(exc).encode()
+            return
+        self.db[key] = json.dumps({"title": item.title, "text": item.text,
+                                   "categories": list(item.categories)}).encode()  # fmt: skip
+        self.loaded += 1
+
+    def caught_up(self) -> bool:
+        return bool(self._ends) and all(self._positions.get(p, 0) >= e for p, e in self._ends.items())
+
+    async def wait_caught_up(self, timeout_s: float) -> bool:
+        async with self._progress:
+            try:
+                await asyncio.wait_for(self._progress.wait_for(self.caught_up), timeout_s)
+            except TimeoutError:
+                return False
+        return True
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    group_id=None, auto_offset_reset="earliest")  # fmt: skip
+        await consumer.start()
+        try:
+            while self.topic not in await consumer.topics():
+                await asyncio.sleep(0.5)  # the topic is created by whoever produces first
+            parts = consumer.partitions_for_topic(self.topic) or {0}
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            for tp in tps:
+                stored = self.db.get(_OFFSET + str(tp.partition).encode())
+                if stored is not None:
+                    consumer.seek(tp, int(stored))
+                else:
+                    await consumer.seek_to_beginning(tp)
+            while True:
+                ends = await consumer.end_offsets(tps)
+                batch = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
+                for tp, records in batch.items():
+                    for r in records:
+                        self._apply(r.key, r.value)
+                for tp in tps:
+                    pos = await consumer.position(tp)
+                    self._positions[tp.partition] = pos
+                    self.db[_OFFSET + str(tp.partition).encode()] = str(pos).encode()
+                async with self._progress:
+                    self._ends = {tp.partition: ends[tp] for tp in tps}
+                    self._progress.notify_all()
+        finally:
+            await consumer.stop()
+            self.db.close()

