@@ -1,0 +1,77 @@
+import numpy as np
+
+from models.head import SoftmaxHead, loss_and_grad
+
+
+def test_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    C, D, l2 = 5, 7, 0.01
+    W, b, x = rng.normal(size=(C, D)), rng.normal(size=C), rng.normal(size=D)
+    y = np.array([0.5, 0, 0.5, 0, 0])
+    _, gW, gb = loss_and_grad(W, b, x, y, l2)
+    eps = 1e-6
+    num_W = np.zeros_like(W)
+    for i in range(C):
+        for j in range(D):
+            Wp, Wm = W.copy(), W.copy()
+            Wp[i, j] += eps
+            Wm[i, j] -= eps
+            num_W[i, j] = (loss_and_grad(Wp, b, x, y, l2)[0] - loss_and_grad(Wm, b, x, y, l2)[0]) / (2 * eps)
+    num_b = np.zeros_like(b)
+    for i in range(C):
+        bp, bm = b.copy(), b.copy()
+        bp[i] += eps
+        bm[i] -= eps
+        num_b[i] = (loss_and_grad(W, bp, x, y, l2)[0] - loss_and_grad(W, bm, x, y, l2)[0]) / (2 * eps)
+    np.testing.assert_allclose(gW, num_W, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gb, num_b, rtol=1e-5, atol=1e-7)
+
+
+def test_class_set_grows_and_keeps_what_was_learned():
+    head = SoftmaxHead(3)
+    x, z = np.array([1, 0, 0], np.float32), np.array([0, 1, 0], np.float32)
+    for _ in range(50):
+        head.learn_one(x, ["Drama"])
+        head.learn_one(z, ["Comedy"])
+    assert head.classes == ["Drama", "Comedy"] and head.W.shape == (2, 3)
+    head.add_classes(["Horror", "Drama"])
+    assert head.classes == ["Drama", "Comedy", "Horror"]
+    assert head.top_k(x, 1)[0][0] == "Drama" and head.top_k(z, 1)[0][0] == "Comedy"
+    p = head.predict_proba(x)
+    assert p.dtype == np.float32 and abs(p.sum() - 1) < 1e-5
+
+
+def test_test_then_train_scores_before_learning():
+    head = SoftmaxHead(2, learning_rate=0.5)
+    x = np.array([1, 0], np.float32)
+    head.test_then_train(x, ("A",))  # only class: a hit, but loss counted before any step
+    head.test_then_train(x, ("B",))  # B is new: its row is zero, A was learned -> a miss at 1
+    assert head.stats.n == 2 and head.stats.hit1 == 1 and head.stats.hit5 == 2
+    assert head.stats.log_loss_sum > np.log(2)
+
+
+def test_online_head_learns_a_separable_problem():
+    rng = np.random.default_rng(1)
+    head = SoftmaxHead(4, learning_rate=0.2)
+    centers = {"a": np.array([3, 0, 0, 0.0]), "b": np.array([0, 3, 0, 0.0]), "c": np.array([0, 0, 3, 0.0])}
+    for _ in range(600):
+        label = rng.choice(list(centers))
+        head.test_then_train((centers[label] + rng.normal(size=4)).astype(np.float32), (label,))
+    late_hits = head.stats.hit1 / head.stats.n
+    assert late_hits > 0.8
+
+
+def test_round_trip_and_merge_align_classes_by_name():
+    a, b = SoftmaxHead(2), SoftmaxHead(2)
+    a.add_classes(["x", "y"])
+    b.add_classes(["y", "z"])
+    a.W[:] = [[1, 1], [2, 2]]
+    b.W[:] = [[4, 4], [6, 6]]
+    a.stats.n, b.stats.n = 1, 3
+    back = SoftmaxHead.from_bytes(a.to_bytes())
+    np.testing.assert_array_equal(back.W, a.W)
+    assert back.classes == a.classes and back.stats.n == 1
+    m = SoftmaxHead.merge([a, b])
+    assert m.classes == ["x", "y", "z"]
+    np.testing.assert_allclose(m.W[:, 0], [0.25 * 1, 0.25 * 2 + 0.75 * 4, 0.75 * 6])
+    assert m.stats.n == 4

@@ -1,0 +1,108 @@
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.config import DAY_S, InterestConfig
+from models.interest import UserState
+
+CFG = InterestConfig()
+DIM = 8
+
+
+def unit(i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    v = rng.normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_decay_and_type_weights_follow_the_formula():
+    s = UserState.empty(DIM, 16)
+    t0 = 1_700_000_000.0
+    s.add("a", t0, "click", unit(1), CFG)
+    s.add("b", t0 + 2 * DAY_S, "order", unit(2), CFG)
+    s.add("c", t0 + DAY_S, "cart", unit(3), CFG)  # late arrival
+    t = t0 + 2 * DAY_S
+    tau = CFG.tau_s
+    expected = (
+        1.0 * math.exp(-(t - t0) / tau) * unit(1)
+        + 5.0 * unit(2)
+        + 3.0 * math.exp(-(t - t0 - DAY_S) / tau) * unit(3)
+    )
+    np.testing.assert_allclose(s.vec, expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        s.counts, [math.exp(-2 * DAY_S / tau), math.exp(-DAY_S / tau), 1.0], rtol=1e-5
+    )
+    assert s.t_ref == t and s.events_applied == 3
+    np.testing.assert_allclose(np.linalg.norm(s.embedding()), 1.0, rtol=1e-6)
+
+
+def test_one_tau_later_an_event_weighs_1_over_e():
+    s = UserState.empty(DIM, 16)
+    s.add("a", 0.0, "click", unit(1), CFG)
+    np.testing.assert_allclose(s.counts_at(CFG.tau_s, CFG)[0], math.exp(-1), rtol=1e-6)
+
+
+events = st.lists(
+    st.tuples(
+        st.integers(0, 40),  # event id (so duplicates happen)
+        st.floats(1.6e9, 1.6e9 + 60 * DAY_S, allow_nan=False),
+        st.sampled_from(["click", "cart", "order"]),
+    ),
+    min_size=1,
+    max_size=30,
+    unique_by=lambda e: e[0],
+)
+
+
+def run(evts) -> UserState:
+    s = UserState.empty(DIM, 64)
+    for i, ts, typ in evts:
+        s.add(f"e{i}", ts, typ, unit(i), CFG)
+    return s
+
+
+@settings(max_examples=200, deadline=None)
+@given(evts=events, data=st.data())
+def test_state_is_a_function_of_the_event_set(evts, data):
+    shuffled = data.draw(st.permutations(evts))
+    a, b = run(evts), run(shuffled)
+    np.testing.assert_allclose(a.embedding(), b.embedding(), atol=1e-5)
+    np.testing.assert_allclose(a.counts, b.counts, rtol=1e-4, atol=1e-6)
+    assert a.t_ref == b.t_ref and a.events_applied == b.events_applied
+
+
+@settings(max_examples=200, deadline=None)
+@given(evts=events, data=st.data())
+def test_applying_an_event_twice_changes_nothing(evts, data):
+    repeats = data.draw(st.lists(st.sampled_from(evts), max_size=10))
+    once = run(evts)
+    twice = run(evts + repeats)
+    np.testing.assert_array_equal(once.vec, twice.vec)
+    assert twice.events_applied == len(evts)
+
+
+def test_dedup_memory_is_bounded():
+    s = UserState.empty(DIM, 4)
+    for i in range(10):
+        s.add(f"e{i}", 1e9 + i, "click", unit(i), CFG)
+    assert len(s.recent_ids) == 4
+    assert s.has_seen("e9") and not s.has_seen("e0")
+
+
+def test_state_round_trips_through_bytes_within_the_budget():
+    s = run([(i, 1.6e9 + i * 3600, "cart") for i in range(200)])
+    s.version = 7
+    raw = s.to_bytes()
+    back = UserState.from_bytes(raw)
+    np.testing.assert_array_equal(back.vec, s.vec)
+    assert (back.t_ref, back.version, back.events_applied, back.recent_ids) == (
+        s.t_ref, 7, 200, s.recent_ids,
+    )  # fmt: skip
+    assert len(raw) == 32 + 4 * DIM + 12 + 8 * 64
+    # all-MiniLM (384-d) with the default window: the budget the README states.
+    full = UserState.empty(384, CFG.dedup_window)
+    for i in range(300):
+        full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG)
+    assert len(full.to_bytes()) == 2604
