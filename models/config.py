@@ -20,8 +20,10 @@ class InterestConfig:
     """Decay time constant in seconds; an event loses 1/e of its weight every tau."""
     weights: dict[str, float] = field(default_factory=lambda: {"click": 1.0, "cart": 3.0, "order": 5.0})
     """Event-type weights: a purchase says more about interest than a click."""
-    dedup_window: int = 128
-    """How many recent event ids a user remembers, so a redelivered event is applied once."""
+    dedup_window: int = 256
+    """How many recent event ids (by arrival) a user remembers, so a redelivered event is applied once.
+    Kafka redelivers the most recent uncommitted records, so this must cover at least one micro-batch
+    (the settings check ``dedup_window >= max_batch``); an id older than the window is applied again."""
 
     # Fusion
     context_hash_dim: int = 32

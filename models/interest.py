@@ -9,7 +9,7 @@ delivery does not change it, and an ``event_id`` already in the recent-id window
 at-least-once redelivery does not either. The per-type counts follow the same rule with e_i = 1.
 
 Stored size per user (``to_bytes``): 32-byte header + 4*dim (vector) + 12 (counts) + 8*window (id hashes);
-all-MiniLM (384-d) with the default window of 128 gives 2,604 bytes.
+all-MiniLM (384-d) with the default window of 256 gives 3,628 bytes.
 """
 
 from __future__ import annotations

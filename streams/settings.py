@@ -89,6 +89,11 @@ class Settings:
             raise ValueError(f"click/cart/order topics must differ, got {topics}")
         if self.partitions < 1 or self.max_batch < 1 or self.max_wait_s <= 0:
             raise ValueError("partitions and max_batch must be >= 1 and max_wait_s > 0")
+        if self.model.dedup_window < self.max_batch:
+            raise ValueError(
+                f"model dedup_window ({self.model.dedup_window}) must be >= max_batch ({self.max_batch}), "
+                "or a batch redelivered after a crash could be applied twice"
+            )
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):

@@ -25,7 +25,9 @@ def test_valid_event_parses_and_matches_the_schema():
     item_schema = json.loads((SCHEMAS / "item.schema.json").read_text())
     from referencing import Registry, Resource
 
-    registry = Registry().with_resource("interest-stream/item.schema.json", Resource.from_contents(item_schema))
+    registry = Registry().with_resource(
+        "interest-stream/item.schema.json", Resource.from_contents(item_schema)
+    )
     jsonschema.Draft202012Validator(registry_schema, registry=registry).validate(GOOD)
 
 

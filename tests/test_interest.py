@@ -31,9 +31,7 @@ def test_decay_and_type_weights_follow_the_formula():
         + 3.0 * math.exp(-(t - t0 - DAY_S) / tau) * unit(3)
     )
     np.testing.assert_allclose(s.vec, expected, rtol=1e-5)
-    np.testing.assert_allclose(
-        s.counts, [math.exp(-2 * DAY_S / tau), math.exp(-DAY_S / tau), 1.0], rtol=1e-5
-    )
+    np.testing.assert_allclose(s.counts, [math.exp(-2 * DAY_S / tau), math.exp(-DAY_S / tau), 1.0], rtol=1e-5)
     assert s.t_ref == t and s.events_applied == 3
     np.testing.assert_allclose(np.linalg.norm(s.embedding()), 1.0, rtol=1e-6)
 
@@ -105,4 +103,4 @@ def test_state_round_trips_through_bytes_within_the_budget():
     full = UserState.empty(384, CFG.dedup_window)
     for i in range(300):
         full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG)
-    assert len(full.to_bytes()) == 2604
+    assert len(full.to_bytes()) == 3628

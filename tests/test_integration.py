@@ -1,0 +1,214 @@
+"""End to end on a real Kafka broker: MovieLens events through click/cart/order, a real worker process
+(restarted once mid-stream), and a separate consumer checking the interest-updates and DLQ topics
+against the same events run through the core directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from models.cache import CachedEncoder
+from models.config import InterestConfig
+from models.core import InterestCore
+from models.events import item_to_json
+from models.replay import replay
+from models.sources import movielens_events, movielens_items
+from streams.devbroker import free_port
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+N_EVENTS = 5200
+
+
+def bad_records(known_user: str) -> list[tuple[str, bytes | None, bytes, str]]:
+    """(type, key, value, expected dead-letter reason)."""
+    good = {"event_id": "bad-x", "user_id": known_user, "item_id": "1", "ts": 964982703}
+    return [
+        ("click", known_user.encode(), b"{oops", "bad_json"),
+        ("cart", known_user.encode(), json.dumps({**good, "event_id": None}).encode(), "missing_field"),
+        ("order", known_user.encode(), json.dumps({**good, "ts": [1]}).encode(), "wrong_type"),
+        ("click", known_user.encode(), json.dumps({**good, "item_id": "no-such-item"}).encode(),
+         "unknown_item"),
+        ("click", b"another-user", json.dumps(good).encode(), "key_mismatch"),
+        ("cart", known_user.encode(), json.dumps({**good, "pad": "x" * 70_000}).encode(), "too_large"),
+    ]  # fmt: skip
+
+
+class Collector(threading.Thread):
+    """A separate consumer of the updates and DLQ topics, from the beginning."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.updates: dict[str, list[dict]] = defaultdict(list)
+        self.dead: list = []
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        consumer = KafkaConsumer(self.settings.updates_topic, self.settings.dlq_topic,
+                                 bootstrap_servers=self.settings.broker, group_id=None,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=200)  # fmt: skip
+        while not self.stop_flag.is_set():
+            for msg in consumer:
+                if msg.topic == self.settings.updates_topic:
+                    u = json.loads(msg.value)
+                    self.updates[u["user_id"]].append(u)
+                else:
+                    self.dead.append(msg)
+        consumer.close()
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    fh = open(log, "ab")  # noqa: SIM115 - handed to the child process
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO,
+                            stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for(cond, timeout_s: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-6000:] if log.exists() else ""
+    pytest.fail(f"timed out waiting for {what}\n--- worker log tail ---\n{tail}")
+
+
+def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encoder, tmp_path):
+    run = uuid.uuid4().hex[:8]
+    env = dict(
+        os.environ,
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        INTEREST_APP_ID=f"it-{run}",
+        INTEREST_CLICK_TOPIC=f"it-{run}-click",
+        INTEREST_CART_TOPIC=f"it-{run}-cart",
+        INTEREST_ORDER_TOPIC=f"it-{run}-order",
+        INTEREST_ITEMS_TOPIC=f"it-{run}-items",
+        INTEREST_UPDATES_TOPIC=f"it-{run}-updates",
+        INTEREST_DLQ_TOPIC=f"it-{run}-dlq",
+        INTEREST_PARTITIONS="3",
+        INTEREST_MAX_BATCH="200",
+        INTEREST_MAX_WAIT_S="0.3",
+        INTEREST_STATE_DIR=str(tmp_path / "worker-state"),
+        INTEREST_WEB_PORT=str(free_port()),
+    )
+    settings = Settings.load(env)
+    ensure_topics(settings)
+
+    # Data: MovieLens ratings; every third event carries its item inline, the rest rely on the catalog.
+    items = movielens_items()
+    records = []
+    for n, (etype, event) in enumerate(movielens_events(limit=N_EVENTS)):
+        if n % 3 == 0:
+            event["item"] = item_to_json(items[event["item_id"]])
+        records.append((etype, event))
+    redelivered = records[-30:]  # the newest events again (as a redelivery would): must change nothing
+    users = {e["user_id"] for _, e in records}
+    catalog_ids = {e["item_id"] for _, e in records if "item" not in e}
+    bad = bad_records(records[0][1]["user_id"])
+
+    # Reference: the same events through the core directly.
+    direct_core = InterestCore(settings.model, CachedEncoder(encoder))
+    direct = replay(records + redelivered, direct_core, {i: items[i] for i in catalog_ids})
+    expected_applied = {u: s.events_applied for u, s in direct.states.items()}
+    assert sum(expected_applied.values()) == len(records)
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for item_id in catalog_ids:
+        producer.send(
+            settings.items_topic,
+            key=item_id.encode(),
+            value=json.dumps(item_to_json(items[item_id])).encode(),
+        )
+
+    def send(batch) -> None:
+        for etype, event in batch:
+            producer.send(
+                settings.topic_for(etype), key=event["user_id"].encode(), value=json.dumps(event).encode()
+            )
+        producer.flush()
+
+    collector = Collector(settings)
+    collector.start()
+    log = tmp_path / "worker.log"
+    half = len(records) // 2
+    send(records[:half])
+    for etype, key, value, _ in bad:
+        producer.send(settings.topic_for(etype), key=key, value=value)
+    producer.flush()
+
+    t0 = time.monotonic()
+    worker = start_worker(env, log)
+    try:
+        wait_for(lambda: len(collector.updates) >= 5, 180, "first updates", log)
+        first_update_s = time.monotonic() - t0
+        stop_worker(worker)  # restart mid-stream
+        assert worker.returncode is not None
+        send(records[half:] + redelivered)
+        worker = start_worker(env, log)
+        done = lambda: all(  # noqa: E731
+            collector.updates.get(u) and collector.updates[u][-1]["events_applied"] == n
+            for u, n in expected_applied.items()
+        )
+        wait_for(done, 300, "all users to reach their event counts", log)
+        wait_for(lambda: len(collector.dead) >= len(bad), 60, "dead letters", log)
+        time.sleep(1.0)  # let stragglers (there should be none) arrive
+    finally:
+        stop_worker(worker)
+        collector.stop_flag.set()
+        collector.join(10)
+        producer.close()
+    print(f"\nfirst update {first_update_s:.1f}s after starting the worker")
+
+    # Every user with events got updates; versions strictly increase; counts are exact.
+    assert set(collector.updates) == users
+    schema = json.loads((REPO / "schemas" / "interest-update.schema.json").read_text())
+    for user, ups in collector.updates.items():
+        versions = [u["version"] for u in ups]
+        assert versions == sorted(set(versions)), f"user {user}: versions {versions}"
+        counts = [u["events_applied"] for u in ups]
+        assert counts == sorted(counts)
+        final = ups[-1]
+        jsonschema.validate(final, schema)
+        emb = np.asarray(final["embedding"], np.float32)
+        assert emb.shape == (384,)
+        assert abs(np.linalg.norm(emb) - 1) < 1e-5
+        np.testing.assert_allclose(emb, direct.states[user].embedding(), atol=1e-5)
+        assert final["event_ts"] == direct.states[user].t_ref
+        assert final["model"] == encoder.name
+        assert final["top_interests"] and final["last_event"]["type"] in ("click", "cart", "order")
+
+    # Bad records: each in the DLQ once, original bytes kept, with a readable reason.
+    reasons = Counter()
+    originals = {value for _, _, value, _ in bad}
+    for msg in collector.dead:
+        headers = dict(msg.headers)
+        reasons[headers["dlq.reason"].decode()] += 1
+        assert msg.value in originals
+        assert headers["dlq.error"] and headers["dlq.topic"].decode() in settings.event_topics
+        assert int(headers["dlq.offset"]) >= 0
+    assert reasons == Counter(reason for *_, reason in bad)
