@@ -11,6 +11,7 @@ users' free-text tags for that movie (if any) as ``text``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections import defaultdict
@@ -64,9 +65,8 @@ def movielens_events(
         for n, row in enumerate(csv.DictReader(fh)):
             if limit is not None and n >= limit:
                 return
-            if max_users is not None and row["userId"] not in users:
-                if len(users) >= max_users:
-                    return
+            if max_users is not None and row["userId"] not in users and len(users) >= max_users:
+                return
             users.add(row["userId"])
             event: dict[str, Any] = {
                 "event_id": f"ml-{row['userId']}-{row['movieId']}",
@@ -101,10 +101,8 @@ def read_csv(path: Path, default_type: str | None = None) -> Iterator[Record]:
             if event_type not in EVENT_TYPES:
                 raise ValueError(f"{path}:{line_no}: no valid 'type' (one of {EVENT_TYPES})")
             ts: Any = row["ts"]
-            try:
+            with contextlib.suppress(ValueError):  # else an ISO-8601 string, validated by the consumer
                 ts = float(ts)
-            except ValueError:
-                pass  # ISO-8601 string, validated by the consumer
             event: dict[str, Any] = {k: row[k] for k in ("event_id", "user_id", "item_id")}
             event["ts"] = ts
             if row.get("title"):

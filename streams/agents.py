@@ -26,8 +26,8 @@ from models.encoder import TextEncoder
 from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
 from models.head import SoftmaxHead
 from models.interest import UserState
-from streams.catalog import Catalog
 from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
+from streams.catalog import Catalog
 
 log = logging.getLogger("interest_stream")
 

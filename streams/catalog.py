@@ -94,7 +94,7 @@ class Catalog:
             while True:
                 ends = await consumer.end_offsets(tps)
                 batch = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
-                for tp, records in batch.items():
+                for records in batch.values():
                     for r in records:
                         self._apply(r.key, r.value)
                 for tp in tps:

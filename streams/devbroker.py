@@ -149,14 +149,14 @@ class LocalBroker:
         )
         if fmt.returncode != 0:
             raise BrokerError(f"formatting the KRaft storage failed: {fmt.stdout}{fmt.stderr}")
-        log = open(self.log_path, "wb")
-        proc = subprocess.Popen(
-            [*java, "kafka.Kafka", str(props)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # outlives `broker start` and ignores the terminal's Ctrl-C
-        )
+        with open(self.log_path, "wb") as log:  # the child keeps its own handle
+            proc = subprocess.Popen(
+                [*java, "kafka.Kafka", str(props)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives `broker start` and ignores the terminal's Ctrl-C
+            )
         bootstrap = f"127.0.0.1:{port}"
         try:
             self._wait_ready(proc, bootstrap, t0 + timeout_s)

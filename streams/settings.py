@@ -18,6 +18,8 @@ from typing import Any
 from models.config import EVENT_TYPES, InterestConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# INTEREST_* variables read elsewhere (the CLI, the dev broker): not settings, but not typos either.
+TOOL_VARIABLES = {"INTEREST_CONFIG", "INTEREST_BROKER_DIR", "INTEREST_KAFKA_HOME"}
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,15 @@ class Settings:
         names = {f.name: f for f in dataclasses.fields(cls) if f.name != "model"}
         model_names = {f.name: f for f in dataclasses.fields(InterestConfig)}
         for key, raw in env.items():
-            if not key.startswith("INTEREST_") or key == "INTEREST_CONFIG":
+            if not key.startswith("INTEREST_") or key in TOOL_VARIABLES:
                 continue
             name = key.removeprefix("INTEREST_").lower()
             if name in names:
                 values[name] = _convert(raw, names[name].type)
             elif name in model_names:
                 model_values[name] = _convert(raw, model_names[name].type)
+            else:
+                raise ValueError(f"unknown setting {key}; see streams/settings.py for the names")
         if env.get("KAFKA_BOOTSTRAP_SERVERS"):
             values["broker"] = env["KAFKA_BOOTSTRAP_SERVERS"]
         values.update(overrides)

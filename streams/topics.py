@@ -6,6 +6,8 @@ The three event topics and the updates topic share one partition count (co-parti
 
 from __future__ import annotations
 
+import contextlib
+
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -34,10 +36,8 @@ def ensure_topics(settings: Settings) -> list[str]:
             if name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
         return [t.name for t in wanted]
     finally:
         admin.close()

@@ -21,7 +21,6 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from models.cache import CachedEncoder
-from models.config import InterestConfig
 from models.core import InterestCore
 from models.events import item_to_json
 from models.replay import replay

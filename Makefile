@@ -1,0 +1,41 @@
+# Two commands on a fresh machine:  make demo   and   make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-unit lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+## The whole product on one machine: local Kafka, a worker, the MovieLens sample, a live view.
+demo: setup
+	$(BIN)/interest-stream demo
+
+## Every test: unit, property and integration (starts its own Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set).
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -m "not integration"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## Worker throughput and latency on a local broker, against the core alone (same script).
+bench: setup
+	$(BIN)/python benchmarks/worker_throughput.py
+
+clean:
+	-$(BIN)/interest-stream broker stop
+	rm -rf .state

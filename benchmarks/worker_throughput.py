@@ -1,0 +1,121 @@
+"""Worker throughput and latency on a real local broker, against the core alone, in one script.
+
+    python benchmarks/worker_throughput.py [--events N]
+
+Prints: broker start time, encoder texts/s (cold cache), core events/s (replay driver, warm cache), worker
+events/s end to end through Kafka (warm cache), their ratio, and the time from worker start to its first
+update. The worker reuses the embedding cache the baseline filled, so both sides measure the same work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from models.cache import CachedEncoder  # noqa: E402
+from models.core import InterestCore  # noqa: E402
+from models.encoder import TextEncoder  # noqa: E402
+from models.events import Item  # noqa: E402
+from models.replay import replay  # noqa: E402
+from models.sources import movielens_events, movielens_items  # noqa: E402
+from streams.devbroker import LocalBroker, free_port  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=20_000)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="interest-bench-"))
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = LocalBroker(work / "broker")
+        t = time.perf_counter()
+        bootstrap = broker.start().bootstrap
+        print(f"broker start: {time.perf_counter() - t:.2f} s")
+    run = uuid.uuid4().hex[:6]
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_APP_ID=f"bench-{run}",
+               INTEREST_STATE_DIR=str(work / "worker"), INTEREST_WEB_PORT=str(free_port()),
+               **{f"INTEREST_{t.upper()}_TOPIC": f"bench-{run}-{t}"
+                  for t in ("click", "cart", "order", "items", "updates", "dlq")})  # fmt: skip
+    settings = Settings.load(env)
+    items = movielens_items()
+    records = list(movielens_events(limit=args.events))
+    used: dict[str, Item] = {e["item_id"]: items[e["item_id"]] for _, e in records}
+
+    # Baseline 1: the encoder on a cold cache (the cache is the worker's, so it starts warm).
+    cache = CachedEncoder(TextEncoder(), work / "worker" / "embedding-cache")
+    texts = [i.encoder_text for i in used.values()]
+    t = time.perf_counter()
+    cache.embed(texts)
+    enc_s = time.perf_counter() - t
+    print(f"encoder, cold: {len(texts)} texts in {enc_s:.1f} s = {len(texts) / enc_s:.0f} texts/s")
+
+    # Baseline 2: the core alone (file replay), warm cache.
+    core = InterestCore(settings.model, cache)
+    t = time.perf_counter()
+    result = replay(records, core, used, batch_size=settings.max_batch)
+    core_s = time.perf_counter() - t
+    core_rate = len(records) / core_s
+    print(f"core replay, warm: {len(records)} events in {core_s:.2f} s = {core_rate:,.0f} events/s")
+    expected = {u: s.events_applied for u, s in result.states.items()}
+    cache.close()
+
+    # The worker, end to end through Kafka.
+    ensure_topics(settings)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    for item_id, item in used.items():
+        value = {"title": item.title, "text": item.text, "categories": list(item.categories)}
+        producer.send(settings.items_topic, key=item_id.encode(), value=json.dumps(value).encode())
+    for etype, event in records:
+        producer.send(
+            settings.topic_for(etype), key=event["user_id"].encode(), value=json.dumps(event).encode()
+        )
+    producer.flush()
+    consumer = KafkaConsumer(settings.updates_topic, bootstrap_servers=bootstrap, group_id=None,
+                             auto_offset_reset="earliest", consumer_timeout_ms=100)  # fmt: skip
+    log = open(work / "worker.log", "wb")  # noqa: SIM115
+    t_start = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO,
+                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    seen: dict[str, int] = {}
+    t_first = None
+    try:
+        while len(seen) < len(expected) or any(seen[u] < n for u, n in expected.items()):
+            for msg in consumer:
+                u = json.loads(msg.value)
+                seen[u["user_id"]] = u["events_applied"]
+                if t_first is None:
+                    t_first = time.perf_counter()
+            if time.perf_counter() - t_start > 900:
+                raise SystemExit(f"timed out; see {work / 'worker.log'}")
+        t_end = time.perf_counter()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        if broker is not None:
+            broker.stop()
+    rate = len(records) / (t_end - t_first)
+    print(f"worker: first update {t_first - t_start:.1f} s after start (model load + first batch)")
+    print(f"worker, warm cache: {len(records)} events from first to last update in "
+          f"{t_end - t_first:.2f} s = {rate:,.0f} events/s")  # fmt: skip
+    print(f"ratio worker / core alone: {rate / core_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""No Docker engine runs here, so check the deployment files against the code instead of running them."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+from streams.settings import Settings
+from streams.topics import topic_specs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_worker_environment_is_understood_by_the_settings_object():
+    services = compose()["services"]
+    assert {"kafka", "topics", "worker"} <= set(services)
+    env = {k: str(v) for k, v in services["worker"]["environment"].items()}
+    assert all(k == "KAFKA_BOOTSTRAP_SERVERS" or k.startswith("INTEREST_") for k in env)
+    settings = Settings.load(env)  # raises on an unknown or invalid setting
+    for key, value in env.items():
+        if key.startswith("INTEREST_"):
+            assert str(getattr(settings, key.removeprefix("INTEREST_").lower())) == value
+    host, port = settings.broker.split(":")
+    assert host == "kafka"
+    listeners = services["kafka"]["environment"]["KAFKA_LISTENERS"]
+    assert (
+        f":{port}" in listeners
+        and "kafka:9092" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    )
+
+
+def test_topic_job_creates_what_the_worker_expects():
+    services = compose()["services"]
+    env = {k: str(v) for k, v in services["worker"]["environment"].items()}
+    settings = Settings.load(env)
+    script = services["topics"]["command"][0]
+    created = {k: v for k, v in re.findall(r"--topic (\S+) --partitions (\d+)", script) if "$" not in k}
+    loop = re.search(r"for name in ([^;]+); do \$\$t --topic \$\$name --partitions (\d+)", script)
+    for name in loop.group(1).split():
+        created[name] = loop.group(2)
+    specs = topic_specs(settings)
+    assert {k: int(v) for k, v in created.items()} == {k: p for k, (p, _) in specs.items()}
+    assert "cleanup.policy=compact" in script.split("--topic items")[1]
+
+
+def test_dockerfile_installs_the_package_and_runs_the_worker():
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    assert compose()["services"]["worker"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert 'ENTRYPOINT ["interest-stream"]' in text and 'CMD ["worker"]' in text
+    for path in re.findall(r"^COPY (\S+)", text, re.M):
+        assert (REPO / path).exists(), path
+    assert "HF_HUB_OFFLINE=1" in text

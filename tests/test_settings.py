@@ -1,0 +1,40 @@
+import pytest
+
+from streams.settings import Settings
+
+
+def test_environment_overrides_file_and_defaults(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('partitions = 6\nupdates_topic = "u"\n[model]\ntau_s = 60.0\n')
+    s = Settings.load({
+        "INTEREST_CONFIG": str(cfg), "INTEREST_PARTITIONS": "8", "KAFKA_BOOTSTRAP_SERVERS": "h:1",
+        "INTEREST_WEIGHTS": "click=1,cart=2,order=4", "INTEREST_MAX_WAIT_S": "0.1",
+    })  # fmt: skip
+    assert (s.partitions, s.updates_topic, s.broker, s.max_wait_s) == (8, "u", "h:1", 0.1)
+    assert s.model.tau_s == 60.0 and s.model.weights == {"click": 1, "cart": 2, "order": 4}
+    assert s.event_topics == {"click": "click", "cart": "cart", "order": "order"}
+
+
+def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
+    with pytest.raises(ValueError, match="INTEREST_PARTITONS"):
+        Settings.load({"INTEREST_PARTITONS": "3"})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("partitons = 3\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        Settings.load({"INTEREST_CONFIG": str(cfg)})
+    Settings.load({"INTEREST_BROKER_DIR": "/tmp/b"})  # the CLI's own variables are fine
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"INTEREST_CART_TOPIC": "click"}, "must differ"),
+        ({"INTEREST_DEVICE": "tpu"}, "device"),
+        ({"INTEREST_MAX_BATCH": "1000"}, "dedup_window"),
+        ({"INTEREST_WEIGHTS": "click=1"}, "weights lack"),
+        ({"INTEREST_TAU_S": "0"}, "tau_s"),
+    ],
+)
+def test_invalid_settings_fail_with_a_clear_message(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.load(env)
