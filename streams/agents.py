@@ -28,6 +28,7 @@ from models.head import SoftmaxHead
 from models.interest import UserState
 from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
 from streams.catalog import Catalog
+from streams.topics import ensure_topics
 
 log = logging.getLogger("interest_stream")
 
@@ -164,7 +165,9 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
 
 @app.agent(event_topic)
 async def interest_agent(stream: StreamT) -> None:
-    core = await asyncio.get_running_loop().run_in_executor(None, load_core)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, ensure_topics, settings)  # outputs must exist before we send
+    core = await loop.run_in_executor(None, load_core)
     if not await catalog.wait_caught_up(settings.catalog_wait_s * 20):
         log.warning("catalog not loaded yet; events for unknown items may be dead-lettered")
     log.info("encoder %s ready (dim %d); batches of %d within %.2fs",

@@ -32,14 +32,15 @@ app = faust.App(
     datadir=str(Path(settings.state_dir) / "faust"),
     topic_partitions=settings.partitions,
     topic_replication_factor=1,
-    processing_guarantee=settings.processing_guarantee,
     web_port=settings.web_port,
     autodiscover=False,
     key_serializer="raw",
     value_serializer="raw",
 )
 
-event_topic = app.topic(*settings.event_topics, partitions=settings.partitions)
+# internal=True: faust creates the topics (with these partitions) when they are missing, so
+# `faust -A streams.app worker` works on an empty broker too.
+event_topic = app.topic(*settings.event_topics, partitions=settings.partitions, internal=True)
 updates_topic = app.topic(settings.updates_topic, partitions=settings.partitions)
 dlq_topic = app.topic(settings.dlq_topic, partitions=settings.partitions)
 

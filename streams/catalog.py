@@ -4,8 +4,9 @@ Events are partitioned by user, items by item id, so no partition alignment can 
 its users touch: each worker needs all of them. Faust's GlobalTable is the textbook tool, but with the
 ``items`` topic as its changelog its partition assignment never completed in our tests (faust-streaming
 0.15.3; see also faust issue #432), so this is the small, explicit equivalent: an unassigned aiokafka
-consumer over all ``items`` partitions, the last offset stored next to the data (a restart resumes
-instead of re-reading), and ``wait_caught_up`` so the agent can wait for the initial load and, when an
+consumer over all ``items`` partitions, read from the beginning at every start (the topic is compacted,
+so that is one record per item; a stored offset could silently point into a different, recreated topic),
+and ``wait_caught_up`` so the agent can wait for the initial load and, when an
 event names an item not seen yet, for the reader to reach the end of the topic before giving up.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,7 +23,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from models.events import InvalidEvent, Item, parse_item
 
 log = logging.getLogger("interest_stream.catalog")
-_OFFSET = b"\x00offset:"
 _BAD = b"\x00bad:"
 
 
@@ -29,6 +30,8 @@ class Catalog:
     def __init__(self, bootstrap: str, topic: str, path: str | Path) -> None:
         from rocksdict import Rdict
 
+        # Rebuilt from the topic at every start, so what a previous run left is dropped first.
+        shutil.rmtree(path, ignore_errors=True)
         Path(path).mkdir(parents=True, exist_ok=True)
         self.db = Rdict(str(path))
         self.bootstrap = bootstrap
@@ -85,12 +88,7 @@ class Catalog:
             parts = consumer.partitions_for_topic(self.topic) or {0}
             tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             consumer.assign(tps)
-            for tp in tps:
-                stored = self.db.get(_OFFSET + str(tp.partition).encode())
-                if stored is not None:
-                    consumer.seek(tp, int(stored))
-                else:
-                    await consumer.seek_to_beginning(tp)
+            await consumer.seek_to_beginning(*tps)
             while True:
                 ends = await consumer.end_offsets(tps)
                 batch = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
@@ -98,9 +96,7 @@ class Catalog:
                     for r in records:
                         self._apply(r.key, r.value)
                 for tp in tps:
-                    pos = await consumer.position(tp)
-                    self._positions[tp.partition] = pos
-                    self.db[_OFFSET + str(tp.partition).encode()] = str(pos).encode()
+                    self._positions[tp.partition] = await consumer.position(tp)
                 async with self._progress:
                     self._ends = {tp.partition: ends[tp] for tp in tps}
                     self._progress.notify_all()

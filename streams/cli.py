@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env.setdefault("INTEREST_APP_ID", f"interest-demo-{int(time.time())}")
     os.environ.update(env)
     state_dir = Path(env.get("INTEREST_STATE_DIR", REPO_ROOT / ".state" / "demo-worker"))
+    # A fresh broker each demo: drop old table state, keep the embedding cache (saves re-encoding).
+    shutil.rmtree(state_dir / "faust", ignore_errors=True)
     env["INTEREST_STATE_DIR"] = str(state_dir)
     log_path = state_dir.parent / "demo-worker.log"
     state_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         produce = [*exe, "produce", "--movielens", "--quiet"]
         if args.limit:
             produce += ["--limit", str(args.limit)]
-        producer = subprocess.Popen(produce, env=env)
+        producer = subprocess.Popen(produce, env=env, stdout=log, stderr=subprocess.STDOUT)
         expected = args.limit or sum(1 for _ in sources.movielens_events())
         print(f"worker log: {log_path}; Ctrl-C stops the demo", file=sys.stderr)
         try:

@@ -41,7 +41,6 @@ class Settings:
     device: str = "cpu"
     state_dir: str = str(REPO_ROOT / ".state" / "worker")
     web_port: int = 6066
-    processing_guarantee: str = "at_least_once"
     model: InterestConfig = field(default_factory=InterestConfig)
 
     @property
@@ -100,8 +99,6 @@ class Settings:
             )
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
-        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
-            raise ValueError("processing_guarantee must be at_least_once or exactly_once")
 
 
 def _convert(raw: str, type_name: Any) -> Any:

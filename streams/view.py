@@ -126,10 +126,15 @@ def live_view(
     idle_timeout_s: float | None = None,
 ) -> LiveState:
     state = LiveState()
+    last_render = 0.0
     with Live(state.render(expected_events), refresh_per_second=4) as live:
         for record in consume(settings, from_beginning=True, idle_timeout_s=idle_timeout_s):
             state.add(record)
-            live.update(state.render(expected_events))
-            if stop is not None and stop(state):
+            done = stop is not None and stop(state)
+            now = time.monotonic()
+            if done or now - last_render > 0.25:  # rendering per record would cost more than consuming
+                live.update(state.render(expected_events))
+                last_render = now
+            if done:
                 break
     return state

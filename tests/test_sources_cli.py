@@ -1,0 +1,74 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from models.sources import movielens_events, movielens_items, rating_to_type, read_csv, read_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_movielens_mapping():
+    assert [rating_to_type(r) for r in (5, 4.5, 4, 3.5, 3, 0.5)] == [
+        "order",
+        "order",
+        "cart",
+        "cart",
+        "click",
+        "click",
+    ]
+    first = next(movielens_events())
+    assert first == ("cart", {"event_id": "ml-1-1", "user_id": "1", "item_id": "1", "ts": 964982703,
+                              "context": {"source": "movielens"}})  # fmt: skip
+    items = movielens_items()
+    assert items["1"].title == "Toy Story (1995)" and "Animation" in items["1"].categories
+    assert "pixar" in items["1"].text.lower()  # users' tags become the item text
+    users = {e["user_id"] for _, e in movielens_events(max_users=3)}
+    assert users == {"1", "2", "3"}
+
+
+def test_csv_and_jsonl_files(tmp_path):
+    csv_file = tmp_path / "e.csv"
+    csv_file.write_text(
+        "event_id,user_id,item_id,ts,type,title,categories,device\n"
+        "e1,u1,i1,1700000000,cart,Earbuds,audio|gadgets,ios\n"
+        "e2,u1,i2,2024-01-01T00:00:00Z,,,,\n"
+    )
+    rows = list(read_csv(csv_file, default_type="click"))
+    assert rows[0] == ("cart", {"event_id": "e1", "user_id": "u1", "item_id": "i1", "ts": 1700000000.0,
+                                "item": {"title": "Earbuds", "text": "", "categories": ["audio", "gadgets"]},
+                                "context": {"device": "ios"}})  # fmt: skip
+    assert rows[1] == (
+        "click",
+        {"event_id": "e2", "user_id": "u1", "item_id": "i2", "ts": "2024-01-01T00:00:00Z"},
+    )
+    jl = tmp_path / "e.jsonl"
+    jl.write_text(json.dumps({"type": "order", "event_id": "x"}) + "\n\n")
+    assert list(read_jsonl(jl)) == [("order", {"event_id": "x"})]
+
+
+def test_broker_cli_start_status_stop(tmp_path):
+    env = dict(os.environ, INTEREST_BROKER_DIR=str(tmp_path / "b"))
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "streams.cli", "broker", *args], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+
+    started = cli("start")
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("bootstrap=127.0.0.1:")
+    bootstrap = started.stdout.strip().removeprefix("bootstrap=")
+    try:
+        status = cli("status")
+        assert status.returncode == 0 and bootstrap in status.stdout
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        assert isinstance(admin.list_topics(), list)
+        admin.close()
+    finally:
+        stopped = cli("stop")
+    assert stopped.stdout.strip() == "stopped"
+    assert cli("status").returncode == 1
