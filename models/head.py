@@ -45,6 +45,14 @@ class PrequentialStats:
     hit5: int = 0
     log_loss_sum: float = 0.0
 
+    def __add__(self, other: PrequentialStats) -> PrequentialStats:
+        return PrequentialStats(self.n + other.n, self.hit1 + other.hit1, self.hit5 + other.hit5,
+                                self.log_loss_sum + other.log_loss_sum)  # fmt: skip
+
+    def __sub__(self, other: PrequentialStats) -> PrequentialStats:
+        return PrequentialStats(self.n - other.n, self.hit1 - other.hit1, self.hit5 - other.hit5,
+                                self.log_loss_sum - other.log_loss_sum)  # fmt: skip
+
     def as_dict(self) -> dict[str, float]:
         n = max(self.n, 1)
         return {
@@ -94,13 +102,23 @@ class SoftmaxHead:
         order = np.argsort(-p, kind="stable")[:k]
         return [(self.classes[i], float(p[i])) for i in order]
 
+    def _step(self, x: np.ndarray, p: np.ndarray, y: np.ndarray) -> None:
+        """W -= lr * ((p - y) x^T + l2 W), in place: the gradient of ``loss_and_grad``, without
+        materialising it (this is the hot loop of the worker)."""
+        lr = np.float32(self.learning_rate)
+        g = p - y
+        if self.l2:
+            self.W *= np.float32(1.0 - self.learning_rate * self.l2)
+        self.W -= np.outer(lr * g, x)
+        self.b -= lr * g
+
     def learn_one(self, x: np.ndarray, categories: tuple[str, ...] | list[str]) -> float:
-        """One SGD step on (x, categories); returns the loss before the step."""
+        """One SGD step on (x, categories); returns the cross-entropy before the step."""
         self.add_classes(categories)
-        loss, gW, gb = loss_and_grad(self.W, self.b, x, self._target(categories), self.l2)
-        self.W -= np.float32(self.learning_rate) * gW
-        self.b -= np.float32(self.learning_rate) * gb
-        return loss
+        p = self.predict_proba(x)
+        y = self._target(categories)
+        self._step(x, p, y)
+        return -float(np.sum(y * np.log(np.maximum(p, 1e-12))))
 
     def test_then_train(self, x: np.ndarray, categories: tuple[str, ...]) -> None:
         """Score the prediction for this example (prequential metrics), then learn from it."""
@@ -114,7 +132,7 @@ class SoftmaxHead:
         self.stats.hit1 += int(ranked[0] in true)
         self.stats.hit5 += int(bool(set(ranked[:5].tolist()) & set(true)))
         self.stats.log_loss_sum += -float(np.mean(np.log(np.maximum(p[true], 1e-12))))
-        self.learn_one(x, categories)
+        self._step(x, p, self._target(categories))
 
     # -- replicas --------------------------------------------------------------------------------
     @classmethod
@@ -132,10 +150,7 @@ class SoftmaxHead:
             rows = [out._index[c] for c in h.classes]
             out.W[rows] += w * h.W
             out.b[rows] += w * h.b
-            out.stats.n += h.stats.n
-            out.stats.hit1 += h.stats.hit1
-            out.stats.hit5 += h.stats.hit5
-            out.stats.log_loss_sum += h.stats.log_loss_sum
+            out.stats += h.stats
         return out
 
     # -- persistence -----------------------------------------------------------------------------

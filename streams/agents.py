@@ -7,6 +7,7 @@ file only moves bytes between Kafka, the tables and the core, and routes bad rec
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from models.cache import CachedEncoder
 from models.core import InterestCore
 from models.encoder import TextEncoder
 from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
-from models.head import SoftmaxHead
+from models.head import PrequentialStats, SoftmaxHead
 from models.interest import UserState
 from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
 from streams.catalog import Catalog
@@ -43,6 +44,8 @@ class Counters:
     updates: int = 0
     batches: int = 0
     first_update_s: float | None = None
+    prequential: PrequentialStats = field(default_factory=PrequentialStats)
+    """Test-then-train scores of this worker's heads since it started."""
 
 
 counters = Counters()
@@ -126,11 +129,15 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         counters.events += 1
         try:
             event = parse_event(record.value, settings.event_topics[msg.topic], msg.key)
-            if event.item is None and catalog.get(event.item_id) is None and not waited:
+            try:
+                item = resolve(event)
+            except InvalidEvent:
+                if waited:
+                    raise
                 # The item may simply not be read yet: let the catalog reach the end of its topic once.
                 await catalog.wait_caught_up(settings.catalog_wait_s)
                 waited = True
-            item = resolve(event)
+                item = resolve(event)
         except InvalidEvent as exc:
             await dead_letter(record, exc.reason, exc.message)
             continue
@@ -147,7 +154,9 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         head_key = str(partition).encode()
         raw_head = heads.get(head_key)
         head = SoftmaxHead.from_bytes(raw_head) if raw_head is not None else core.new_head()
+        scored_before = dataclasses.replace(head.stats)  # a copy: apply() updates it in place
         result = core.apply([(e, i) for _, e, i in group], embeddings, states, head)
+        counters.prequential += head.stats - scored_before
         with changelog_partition_of(group[0][0]):
             for user_id, state in result.states.items():
                 user_states[user_id.encode()] = state.to_bytes()
@@ -179,8 +188,11 @@ async def interest_agent(stream: StreamT) -> None:
 @app.timer(interval=10.0)
 async def report() -> None:
     elapsed = time.monotonic() - counters.started
+    p = counters.prequential.as_dict()
     log.info(
-        "events=%d applied=%d duplicates=%d dlq=%d updates=%d batches=%d (%.0f events/s since start)",
+        "events=%d applied=%d duplicates=%d dlq=%d updates=%d batches=%d (%.0f events/s since start) "
+        "prequential n=%d hit@1=%.3f hit@5=%.3f log_loss=%.3f",
         counters.events, counters.applied, counters.duplicates, counters.dead_lettered,
         counters.updates, counters.batches, counters.events / max(elapsed, 1e-9),
+        p["n"], p["hit@1"], p["hit@5"], p["log_loss"],
     )  # fmt: skip

@@ -75,3 +75,19 @@ def test_round_trip_and_merge_align_classes_by_name():
     assert m.classes == ["x", "y", "z"]
     np.testing.assert_allclose(m.W[:, 0], [0.25 * 1, 0.25 * 2 + 0.75 * 4, 0.75 * 6])
     assert m.stats.n == 4
+
+
+def test_sgd_step_is_the_checked_gradient():
+    rng = np.random.default_rng(2)
+    head = SoftmaxHead(6, learning_rate=0.3, l2=0.01)
+    head.add_classes(["a", "b", "c"])
+    head.W[:] = rng.normal(size=(3, 6))
+    head.b[:] = rng.normal(size=3)
+    W0, b0 = head.W.astype(np.float64), head.b.astype(np.float64)
+    x = rng.normal(size=6).astype(np.float32)
+    loss = head.learn_one(x, ["a", "c"])
+    y = np.array([0.5, 0, 0.5])
+    ref_loss, gW, gb = loss_and_grad(W0, b0, x.astype(np.float64), y, 0.01)
+    np.testing.assert_allclose(head.W, W0 - 0.3 * gW, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.b, b0 - 0.3 * gb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss + 0.5 * 0.01 * np.sum(W0 * W0), ref_loss, rtol=1e-5)
