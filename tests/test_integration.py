@@ -23,6 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from models.cache import CachedEncoder
 from models.core import InterestCore
 from models.events import item_to_json
+from models.head import SoftmaxHead
 from models.replay import replay
 from models.sources import movielens_events, movielens_items
 from streams.devbroker import free_port
@@ -211,3 +212,80 @@ def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encode
         assert headers["dlq.error"] and headers["dlq.topic"].decode() in settings.event_topics
         assert int(headers["dlq.offset"]) >= 0
     assert reasons == Counter(reason for *_, reason in bad)
+
+    # The softmax heads survived the restart: their test-then-train counts cover every event with
+    # categories, before and after it (a head rebuilt from scratch would have counted fewer).
+    heads = KafkaConsumer(f"{settings.app_id}-heads-changelog", bootstrap_servers=kafka_bootstrap,
+                          group_id=None, auto_offset_reset="earliest", consumer_timeout_ms=2000)  # fmt: skip
+    latest = {msg.key: msg.value for msg in heads}
+    heads.close()
+    replicas = [SoftmaxHead.from_bytes(v) for v in latest.values()]
+    assert 1 <= len(replicas) <= settings.partitions
+    assert sum(h.stats.n for h in replicas) == direct.head.stats.n
+
+
+def test_broker_supports_transactions(kafka_bootstrap):
+    """Exactly-once users need transactions: the single-node broker must host the transaction log."""
+    topic = f"tx-{uuid.uuid4().hex[:8]}"
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{topic}")
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, b"aborted")
+    producer.abort_transaction()
+    producer.begin_transaction()
+    producer.send(topic, b"committed")
+    producer.commit_transaction()
+    producer.close()
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=None,
+                             auto_offset_reset="earliest", isolation_level="read_committed",
+                             consumer_timeout_ms=3000)  # fmt: skip
+    assert [m.value for m in consumer] == [b"committed"]
+    consumer.close()
+
+
+def test_plain_faust_command_runs_the_same_app(kafka_bootstrap, tmp_path):
+    """`faust -A streams.app worker` on topics nobody created yet: it declares them and serves."""
+    run = uuid.uuid4().hex[:8]
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, INTEREST_APP_ID=f"plain-{run}",
+               INTEREST_STATE_DIR=str(tmp_path / "state"), INTEREST_WEB_PORT=str(free_port()),
+               **{f"INTEREST_{t.upper()}_TOPIC": f"plain-{run}-{t}"
+                  for t in ("click", "cart", "order", "items", "updates", "dlq")})  # fmt: skip
+    settings = Settings.load(env)
+    log = tmp_path / "faust.log"
+    faust_bin = Path(sys.executable).parent / "faust"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(faust_bin), "-A", "streams.app", "worker", "-l", "info"], env=env,
+                                cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        event = {"event_id": "p1", "user_id": "u1", "item_id": "i1", "ts": 1_700_000_000,
+                 "item": {"title": "Wireless earbuds", "categories": ["audio"]}}  # fmt: skip
+
+        wait_for(lambda: _topic_exists(kafka_bootstrap, settings.order_topic), 120, "declared topics", log)
+        producer.send(settings.order_topic, key=b"u1", value=json.dumps(event).encode())
+        producer.flush()
+        producer.close()
+        consumer = KafkaConsumer(settings.updates_topic, bootstrap_servers=kafka_bootstrap, group_id=None,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=500)  # fmt: skip
+        got: list = []
+        wait_for(lambda: got.extend(json.loads(m.value) for m in consumer) or got, 120, "an update", log)
+        consumer.close()
+        assert got[0]["user_id"] == "u1" and got[0]["last_event"] == {"event_id": "p1", "type": "order",
+                                                                       "item_id": "i1"}  # fmt: skip
+    finally:
+        stop_worker(proc)
+
+
+def _topic_exists(bootstrap: str, topic: str) -> bool:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return topic in admin.list_topics()
+    finally:
+        admin.close()
