@@ -38,7 +38,7 @@ class InterestUpdate:
             "user_id": self.user_id,
             "version": self.version,
             "event_ts": self.event_ts,
-            "embedding": [round(float(v), 7) for v in self.embedding],
+            "embedding": np.round(self.embedding.astype(np.float64), 7).tolist(),
             "top_interests": [{"category": c, "p": round(p, 6)} for c, p in self.top_interests],
             "events_applied": self.events_applied,
             "model": self.model,
