@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from rocksdict import Rdict
 
 from models.events import InvalidEvent, Item, parse_item
 
@@ -28,12 +29,8 @@ _BAD = b"\x00bad:"
 
 class Catalog:
     def __init__(self, bootstrap: str, topic: str, path: str | Path) -> None:
-        from rocksdict import Rdict
-
-        # Rebuilt from the topic at every start, so what a previous run left is dropped first.
-        shutil.rmtree(path, ignore_errors=True)
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self.db = Rdict(str(path))
+        self.path = Path(path)
+        self.db: Rdict | None = None  # opened by run(): importing the app must not touch the disk
         self.bootstrap = bootstrap
         self.topic = topic
         self._positions: dict[int, int] = {}
@@ -42,12 +39,12 @@ class Catalog:
         self.loaded = 0
 
     def get(self, item_id: str) -> Item | None:
-        raw = self.db.get(item_id.encode())
+        raw = self.db.get(item_id.encode()) if self.db is not None else None
         return None if raw is None else parse_item(json.loads(raw), "catalog item")
 
     def why_missing(self, item_id: str) -> str | None:
         """The validation error of a rejected catalog entry for this id, if it had one."""
-        raw = self.db.get(_BAD + item_id.encode())
+        raw = self.db.get(_BAD + item_id.encode()) if self.db is not None else None
         return raw.decode() if raw is not None else None
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
@@ -79,6 +76,10 @@ class Catalog:
         return True
 
     async def run(self) -> None:
+        # Rebuilt from the topic at every start, so what a previous run left is dropped first.
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.db = Rdict(str(self.path))
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                     group_id=None, auto_offset_reset="earliest")  # fmt: skip
         await consumer.start()
@@ -101,5 +102,6 @@ class Catalog:
                     self._ends = {tp.partition: ends[tp] for tp in tps}
                     self._progress.notify_all()
         finally:
+            # The store stays open: an agent finishing its last batch during shutdown still reads it
+            # (it is rebuilt at the next start anyway).
             await consumer.stop()
-            self.db.close()

@@ -73,6 +73,17 @@ class Collector(threading.Thread):
         consumer.close()
 
 
+def worker_env(bootstrap: str, prefix: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Environment for a worker with its own app id, topics, state dir and web port."""
+    topics = {
+        f"INTEREST_{t.upper()}_TOPIC": f"{prefix}-{t}"
+        for t in ("click", "cart", "order", "items", "updates", "dlq")
+    }
+    return dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_APP_ID=prefix,
+                INTEREST_STATE_DIR=str(tmp_path / f"{prefix}-state"), INTEREST_WEB_PORT=str(free_port()),
+                **topics, **extra)  # fmt: skip
+
+
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     fh = open(log, "ab")  # noqa: SIM115 - handed to the child process
     return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO,
@@ -100,22 +111,8 @@ def wait_for(cond, timeout_s: float, what: str, log: Path) -> None:
 
 def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encoder, tmp_path):
     run = uuid.uuid4().hex[:8]
-    env = dict(
-        os.environ,
-        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        INTEREST_APP_ID=f"it-{run}",
-        INTEREST_CLICK_TOPIC=f"it-{run}-click",
-        INTEREST_CART_TOPIC=f"it-{run}-cart",
-        INTEREST_ORDER_TOPIC=f"it-{run}-order",
-        INTEREST_ITEMS_TOPIC=f"it-{run}-items",
-        INTEREST_UPDATES_TOPIC=f"it-{run}-updates",
-        INTEREST_DLQ_TOPIC=f"it-{run}-dlq",
-        INTEREST_PARTITIONS="3",
-        INTEREST_MAX_BATCH="200",
-        INTEREST_MAX_WAIT_S="0.3",
-        INTEREST_STATE_DIR=str(tmp_path / "worker-state"),
-        INTEREST_WEB_PORT=str(free_port()),
-    )
+    env = worker_env(kafka_bootstrap, f"it-{run}", tmp_path, INTEREST_PARTITIONS="3",
+                     INTEREST_MAX_BATCH="200", INTEREST_MAX_WAIT_S="0.3")  # fmt: skip
     settings = Settings.load(env)
     ensure_topics(settings)
 
@@ -251,10 +248,7 @@ def test_broker_supports_transactions(kafka_bootstrap):
 def test_plain_faust_command_runs_the_same_app(kafka_bootstrap, tmp_path):
     """`faust -A streams.app worker` on topics nobody created yet: it declares them and serves."""
     run = uuid.uuid4().hex[:8]
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, INTEREST_APP_ID=f"plain-{run}",
-               INTEREST_STATE_DIR=str(tmp_path / "state"), INTEREST_WEB_PORT=str(free_port()),
-               **{f"INTEREST_{t.upper()}_TOPIC": f"plain-{run}-{t}"
-                  for t in ("click", "cart", "order", "items", "updates", "dlq")})  # fmt: skip
+    env = worker_env(kafka_bootstrap, f"plain-{run}", tmp_path)
     settings = Settings.load(env)
     log = tmp_path / "faust.log"
     faust_bin = Path(sys.executable).parent / "faust"
