@@ -55,6 +55,7 @@ class BatchResult:
     updates: list[InterestUpdate]
     states: dict[str, UserState]  # the states that changed, to write back
     duplicates: int
+    applied: list[tuple[Event, Item]]  # in the order they were applied (event time)
 
 
 class InterestCore:
@@ -91,6 +92,7 @@ class InterestCore:
         changed: dict[str, UserState] = {}
         last: dict[str, Event] = {}
         duplicates = 0
+        applied = []
         for event, item in sorted(events, key=lambda pair: (pair[0].ts, pair[0].event_id)):
             state = changed.get(event.user_id)
             if state is None:
@@ -103,6 +105,7 @@ class InterestCore:
             state.add(event.event_id, event.ts, event.type, embeddings[item.encoder_text], cfg)
             changed[event.user_id] = state
             last[event.user_id] = event
+            applied.append((event, item))
         updates = []
         for user_id, state in changed.items():
             state.version += 1
@@ -120,4 +123,4 @@ class InterestCore:
                     last_event=newest,
                 )
             )
-        return BatchResult(updates, changed, duplicates)
+        return BatchResult(updates, changed, duplicates, applied)

@@ -152,6 +152,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 2),
         "events_per_s": round(applied / max(elapsed, 1e-9), 1),
         "prequential": result.head.stats.as_dict(),
+        "prequential_popularity_baseline": {
+            k: v for k, v in result.baseline.stats.as_dict().items() if k != "log_loss"
+        },
         "classes": len(result.head.classes),
     }
     print(json.dumps(summary, indent=2))
