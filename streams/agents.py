@@ -182,7 +182,15 @@ async def interest_agent(stream: StreamT) -> None:
     log.info("encoder %s ready (dim %d); batches of %d within %.2fs",
              core.encoder.name, core.dim, settings.max_batch, settings.max_wait_s)  # fmt: skip
     async for batch in stream.take_events(settings.max_batch, within=settings.max_wait_s):
-        await process_batch(core, batch)
+        # take_events acks the whole batch when this loop is left, also when the agent is cancelled
+        # (shutdown, rebalance) halfway through it: finish the batch first, or its events are
+        # committed without ever being applied.
+        work = asyncio.ensure_future(process_batch(core, batch))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await work
+            raise
 
 
 @app.timer(interval=10.0)

@@ -109,10 +109,21 @@ def wait_for(cond, timeout_s: float, what: str, log: Path) -> None:
     pytest.fail(f"timed out waiting for {what}\n--- worker log tail ---\n{tail}")
 
 
-def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encoder, tmp_path):
+MULTIWORKER_SKIP = pytest.mark.skipif(
+    not os.environ.get("RUN_MULTIWORKER"),
+    reason="known open problem: with two workers, a restart's rebalances sometimes commit events that "
+    "never reached the agent (faust-streaming 0.15.3 + take_events); set RUN_MULTIWORKER=1 to run it",
+)
+
+
+@pytest.mark.parametrize(
+    "workers", [1, pytest.param(2, marks=MULTIWORKER_SKIP)], ids=["one-worker", "two-workers"]
+)
+def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encoder, tmp_path, workers):
+    """With two workers the partitions (and their state and heads) move on the restart's rebalances."""
     run = uuid.uuid4().hex[:8]
-    env = worker_env(kafka_bootstrap, f"it-{run}", tmp_path, INTEREST_PARTITIONS="3",
-                     INTEREST_MAX_BATCH="200", INTEREST_MAX_WAIT_S="0.3")  # fmt: skip
+    extra = {"INTEREST_PARTITIONS": "3", "INTEREST_MAX_BATCH": "200", "INTEREST_MAX_WAIT_S": "0.3"}
+    env = worker_env(kafka_bootstrap, f"it-{run}", tmp_path, **extra)
     settings = Settings.load(env)
     ensure_topics(settings)
 
@@ -160,6 +171,12 @@ def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encode
 
     t0 = time.monotonic()
     worker = start_worker(env, log)
+    others = [
+        start_worker(
+            worker_env(kafka_bootstrap, f"it-{run}", tmp_path / f"w{n}", **extra), tmp_path / f"w{n}.log"
+        )
+        for n in range(1, workers)
+    ]
     try:
         wait_for(lambda: len(collector.updates) >= 5, 180, "first updates", log)
         first_update_s = time.monotonic() - t0
@@ -175,7 +192,8 @@ def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encode
         wait_for(lambda: len(collector.dead) >= len(bad), 60, "dead letters", log)
         time.sleep(1.0)  # let stragglers (there should be none) arrive
     finally:
-        stop_worker(worker)
+        for proc in [worker, *others]:
+            stop_worker(proc)
         collector.stop_flag.set()
         collector.join(10)
         producer.close()
@@ -199,16 +217,20 @@ def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encode
         assert final["model"] == encoder.name
         assert final["top_interests"] and final["last_event"]["type"] in ("click", "cart", "order")
 
-    # Bad records: each in the DLQ once, original bytes kept, with a readable reason.
-    reasons = Counter()
+    # Bad records: each in the DLQ, original bytes kept, with a readable reason. Delivery is at least
+    # once (a rebalance can redeliver a batch), so a record is identified by its source coordinates.
+    by_source: dict[tuple[str, str, str], tuple[str, bytes]] = {}
     originals = {value for _, _, value, _ in bad}
     for msg in collector.dead:
-        headers = dict(msg.headers)
-        reasons[headers["dlq.reason"].decode()] += 1
+        headers = {k: v.decode() for k, v in msg.headers}
         assert msg.value in originals
-        assert headers["dlq.error"] and headers["dlq.topic"].decode() in settings.event_topics
-        assert int(headers["dlq.offset"]) >= 0
-    assert reasons == Counter(reason for *_, reason in bad)
+        assert headers["dlq.error"] and headers["dlq.topic"] in settings.event_topics
+        source = (headers["dlq.topic"], headers["dlq.partition"], headers["dlq.offset"])
+        assert by_source.setdefault(source, (headers["dlq.reason"], msg.value)) == (
+            headers["dlq.reason"],
+            msg.value,
+        )
+    assert Counter(reason for reason, _ in by_source.values()) == Counter(reason for *_, reason in bad)
 
     # The softmax heads survived the restart: their test-then-train counts cover every event with
     # categories, before and after it (a head rebuilt from scratch would have counted fewer).
