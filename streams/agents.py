@@ -21,14 +21,13 @@ from pathlib import Path
 import faust.streams
 from faust.types import EventT, StreamT
 
-from models.cache import CachedEncoder
 from models.core import InterestCore
-from models.encoder import TextEncoder
 from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
 from models.head import PrequentialStats, SoftmaxHead
 from models.interest import UserState
 from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
 from streams.catalog import Catalog
+from streams.settings import build_core
 from streams.topics import ensure_topics
 
 log = logging.getLogger("interest_stream")
@@ -59,9 +58,7 @@ def load_core() -> InterestCore:
     global _core
     if _core is not None:
         return _core
-    encoder = TextEncoder(settings.encoder_path or None, device=settings.device)
-    cache = CachedEncoder(encoder, Path(settings.state_dir) / "embedding-cache")
-    _core = InterestCore(settings.model, cache)
+    _core = build_core(settings)
     return _core
 
 
@@ -163,7 +160,7 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
             heads[head_key] = head.to_bytes()
         for update in result.updates:
             await updates_topic.send(key=update.user_id.encode(), value=json.dumps(update.to_json()).encode())
-        counters.applied += len(group) - result.duplicates
+        counters.applied += len(result.applied)
         counters.duplicates += result.duplicates
         counters.updates += len(result.updates)
     if counters.first_update_s is None and counters.updates:

@@ -124,21 +124,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Run the core over a file without Kafka (backfill / evaluation) and print prequential metrics."""
     from models import sources
-    from models.cache import CachedEncoder
-    from models.core import InterestCore
-    from models.encoder import TextEncoder
     from models.replay import replay
+    from streams.settings import build_core
 
     settings = _settings()
     if args.file is None and args.movielens is None:
         args.movielens = ""
     records, folder = _records(args)
     catalog = sources.movielens_items(folder) if folder is not None else {}
-    encoder = CachedEncoder(
-        TextEncoder(settings.encoder_path or None, device=settings.device),
-        Path(settings.state_dir) / "embedding-cache",
-    )
-    core = InterestCore(settings.model, encoder)
+    core = build_core(settings)
     t0 = time.perf_counter()
     result = replay(records, core, catalog, batch_size=settings.max_batch)
     elapsed = time.perf_counter() - t0
@@ -158,7 +152,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "classes": len(result.head.classes),
     }
     print(json.dumps(summary, indent=2))
-    encoder.close()
+    core.encoder.close()
     return 0
 
 

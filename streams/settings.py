@@ -13,9 +13,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.config import EVENT_TYPES, InterestConfig
+
+if TYPE_CHECKING:
+    from models.core import InterestCore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # INTEREST_* variables read elsewhere (the CLI, the dev broker): not settings, but not typos either.
@@ -111,3 +114,17 @@ def _convert(raw: str, type_name: Any) -> Any:
         pairs = (part.split("=", 1) for part in raw.split(",") if part.strip())
         return {k.strip(): float(v) for k, v in pairs}
     return raw
+
+
+def build_core(settings: Settings) -> InterestCore:
+    """The core as configured: encoder on ``settings.device`` behind the state dir's embedding cache.
+
+    Shared by the worker and the replay command so both encode (and cache) the same way.
+    """
+    from models.cache import CachedEncoder
+    from models.core import InterestCore
+    from models.encoder import TextEncoder
+
+    encoder = TextEncoder(settings.encoder_path or None, device=settings.device)
+    cache = CachedEncoder(encoder, Path(settings.state_dir) / "embedding-cache")
+    return InterestCore(settings.model, cache)
