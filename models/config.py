@@ -28,11 +28,34 @@ class InterestConfig:
     # Fusion
     context_hash_dim: int = 32
     """Buckets for hashed environment keys (device, geo, ...); fixes the feature dimension."""
+    environment_features: bool = True
+    """False zeroes the environment block (time of day, weekday, context): an ablation switch."""
 
     # Softmax head (online multinomial logistic regression)
     learning_rate: float = 0.05
     l2: float = 1e-5
     top_k: int = 5
+
+    # Next-item ranker (models/ranker.py): what the user is likely to act on next
+    history_len: int = 8
+    """Item ids of the user's most recent events kept in the state: the ranker's query."""
+    transition_window: int = 5
+    """An event teaches "item j follows item i" for each of the user's previous ``transition_window``
+    items i, weighted ``transition_decay ** (distance - 1)``."""
+    transition_decay: float = 0.7
+    transition_backward: float = 0.3
+    """Weight of the reverse direction (j -> i): order within a session is only partly meaningful."""
+    history_decay: float = 0.7
+    """Weight of the k-th most recent item of the query: ``history_decay ** k``."""
+    degree_power: float = 0.5
+    """Successor counts of item i are divided by (outgoing weight of i + 1) ** degree_power, so a very
+    common item does not drown the rest of the query (0 = raw counts, 1 = conditional probabilities)."""
+    sequence_weight: float = 1.0
+    """Weight of the (max-normalised) sequence score; 0 leaves text and popularity alone."""
+    text_weight: float = 0.1
+    """Weight of cos(user interest vector, item text) next to the (max-normalised) sequence score."""
+    popularity_weight: float = 0.05
+    """Weight of log-popularity (normalised to [0, 1]): the prior for users and items with no sequence."""
 
     def weight(self, event_type: str) -> float:
         return self.weights[event_type]
@@ -45,3 +68,7 @@ class InterestConfig:
             raise ValueError("tau_s must be positive")
         if self.dedup_window < 1 or self.context_hash_dim < 1:
             raise ValueError("dedup_window and context_hash_dim must be >= 1")
+        if self.history_len < 1 or self.transition_window < 1:
+            raise ValueError("history_len and transition_window must be >= 1")
+        if self.transition_window > self.history_len:
+            raise ValueError("transition_window cannot exceed history_len (the state keeps only that many)")

@@ -18,6 +18,7 @@ from models.events import Event, Item
 from models.fusion import feature_dim, fuse
 from models.head import SoftmaxHead
 from models.interest import UserState
+from models.ranker import NextItemRanker
 
 
 @dataclass
@@ -56,6 +57,7 @@ class BatchResult:
     states: dict[str, UserState]  # the states that changed, to write back
     duplicates: int
     applied: list[tuple[Event, Item]]  # in the order they were applied (event time)
+    predictions: list[np.ndarray]  # per applied event: the head's category probabilities before it
 
 
 class InterestCore:
@@ -81,18 +83,20 @@ class InterestCore:
         embeddings: dict[str, np.ndarray],
         states: MutableMapping[str, UserState] | dict[str, UserState],
         head: SoftmaxHead,
+        ranker: NextItemRanker | None = None,
     ) -> BatchResult:
         """Apply events in event-time order; one update per touched user (its newest state).
 
         For each event: predict its categories from the state before it and learn (test-then-train),
         then move the user's interest state. ``states`` is read for users not yet loaded; changed states
-        are returned, not written, so the caller owns storage.
+        are returned, not written, so the caller owns storage. A ``ranker`` learns from each event too.
         """
         cfg = self.config
         changed: dict[str, UserState] = {}
         last: dict[str, Event] = {}
         duplicates = 0
         applied = []
+        predictions = []
         for event, item in sorted(events, key=lambda pair: (pair[0].ts, pair[0].event_id)):
             state = changed.get(event.user_id)
             if state is None:
@@ -101,8 +105,11 @@ class InterestCore:
                 duplicates += 1
                 continue
             x = fuse(state, event.ts, event.context, cfg)
-            head.test_then_train(x, item.categories)
-            state.add(event.event_id, event.ts, event.type, embeddings[item.encoder_text], cfg)
+            predictions.append(head.test_then_train(x, item.categories))
+            emb = embeddings[item.encoder_text]
+            if ranker is not None:
+                ranker.learn(state.recent_items, event.item_id, emb)
+            state.add(event.event_id, event.ts, event.type, emb, cfg, event.item_id)
             changed[event.user_id] = state
             last[event.user_id] = event
             applied.append((event, item))
@@ -123,4 +130,4 @@ class InterestCore:
                     last_event=newest,
                 )
             )
-        return BatchResult(updates, changed, duplicates, applied)
+        return BatchResult(updates, changed, duplicates, applied, predictions)

@@ -49,6 +49,8 @@ def fuse(state: UserState, ts: float, context: dict[str, str], cfg: InterestConf
         x[b + 3] = math.log1p(max(ts - state.t_ref, 0.0) / 3600.0) / 10.0
     x[b + 4] = math.log1p(state.events_applied) / 10.0
     t = b + N_BEHAVIOUR
+    if not cfg.environment_features:
+        return x
     hour = (ts % 86_400.0) / 3600.0
     weekday = ((ts // 86_400.0) + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
     x[t : t + 4] = (

@@ -120,10 +120,13 @@ class SoftmaxHead:
         self._step(x, p, y)
         return -float(np.sum(y * np.log(np.maximum(p, 1e-12))))
 
-    def test_then_train(self, x: np.ndarray, categories: tuple[str, ...]) -> None:
-        """Score the prediction for this example (prequential metrics), then learn from it."""
+    def test_then_train(self, x: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
+        """Score the prediction for this example (prequential metrics), then learn from it.
+
+        Returns the prediction made before learning (probabilities over ``classes`` as they were then;
+        the class list only grows, so it stays aligned with the prefix of later lists)."""
         if not categories:
-            return
+            return self.predict_proba(x)
         self.add_classes(categories)
         p = self.predict_proba(x)
         true = [self._index[c] for c in categories]
@@ -133,6 +136,7 @@ class SoftmaxHead:
         self.stats.hit5 += int(bool(set(ranked[:5].tolist()) & set(true)))
         self.stats.log_loss_sum += -float(np.mean(np.log(np.maximum(p[true], 1e-12))))
         self._step(x, p, self._target(categories))
+        return p
 
     # -- replicas --------------------------------------------------------------------------------
     @classmethod

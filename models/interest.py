@@ -8,8 +8,12 @@ applied. Either way the result is the same function of the *set* of events, so K
 delivery does not change it, and an ``event_id`` already in the recent-id window is ignored, so
 at-least-once redelivery does not either. The per-type counts follow the same rule with e_i = 1.
 
-Stored size per user (``to_bytes``): 32-byte header + 4*dim (vector) + 12 (counts) + 8*window (id hashes);
-all-MiniLM (384-d) with the default window of 256 gives 3,628 bytes.
+The state also keeps the item ids of the user's last ``history_len`` events (in arrival order): the
+query of the next-item ranker (``models/ranker.py``).
+
+Stored size per user (``to_bytes``): 32-byte header + 4*dim (vector) + 12 (counts) + 8*window (id hashes)
++ the recent item ids (2 + len bytes each); all-MiniLM (384-d), the default window of 256 and eight
+MovieLens ids of up to 6 digits: 3,628 + at most 64 bytes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from models.config import EVENT_TYPES, InterestConfig
 
 _HEADER = struct.Struct("<BxHIIIdQ")  # format, dim, window, n_ids, events_applied, t_ref, version
-_FORMAT = 1
+_FORMAT = 2  # 1: no recent items
 
 
 def id_hash(event_id: str) -> int:
@@ -42,6 +46,7 @@ class UserState:
     events_applied: int = 0
     version: int = 0
     recent_ids: list[int] = field(default_factory=list)  # oldest first, at most `window`
+    recent_items: list[str] = field(default_factory=list)  # oldest first, at most cfg.history_len
 
     @classmethod
     def empty(cls, dim: int, window: int) -> UserState:
@@ -50,7 +55,15 @@ class UserState:
     def has_seen(self, event_id: str) -> bool:
         return id_hash(event_id) in self.recent_ids
 
-    def add(self, event_id: str, ts: float, event_type: str, emb: np.ndarray, cfg: InterestConfig) -> bool:
+    def add(
+        self,
+        event_id: str,
+        ts: float,
+        event_type: str,
+        emb: np.ndarray,
+        cfg: InterestConfig,
+        item_id: str | None = None,
+    ) -> bool:
         """Apply one event; return False (and change nothing) if its id is in the recent window."""
         h = id_hash(event_id)
         if h in self.recent_ids:
@@ -70,6 +83,9 @@ class UserState:
         self.recent_ids.append(h)
         if len(self.recent_ids) > self.window:
             del self.recent_ids[0]
+        if item_id is not None:
+            self.recent_items.append(item_id)
+            del self.recent_items[: -cfg.history_len]
         self.events_applied += 1
         return True
 
@@ -90,12 +106,13 @@ class UserState:
         header = _HEADER.pack(
             _FORMAT, self.dim, self.window, len(ids), self.events_applied, t_ref, self.version
         )
-        return header + self.vec.tobytes() + self.counts.tobytes() + ids.tobytes()
+        items = b"".join(struct.pack("<H", len(raw)) + raw for raw in (i.encode() for i in self.recent_items))
+        return header + self.vec.tobytes() + self.counts.tobytes() + ids.tobytes() + items
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         fmt, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
-        if fmt != _FORMAT:
+        if fmt not in (1, _FORMAT):  # format 1 is format 2 without the recent items
             raise ValueError(f"unknown user-state format {fmt}")
         off = _HEADER.size
         vec = np.frombuffer(raw, np.float32, dim, off).copy()
@@ -103,4 +120,12 @@ class UserState:
         counts = np.frombuffer(raw, np.float32, len(EVENT_TYPES), off).copy()
         off += 4 * len(EVENT_TYPES)
         ids = np.frombuffer(raw, np.uint64, n_ids, off).tolist()
-        return cls(dim, window, vec, counts, t_ref if applied else -math.inf, applied, version, ids)
+        off += 8 * n_ids
+        items = []
+        while off < len(raw):
+            (n,) = struct.unpack_from("<H", raw, off)
+            items.append(raw[off + 2 : off + 2 + n].decode())
+            off += 2 + n
+        state = cls(dim, window, vec, counts, t_ref if applied else -math.inf, applied, version, ids)
+        state.recent_items = items
+        return state

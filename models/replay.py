@@ -1,6 +1,6 @@
 """The file-replay driver: the same core as the worker, fed from an iterable instead of Kafka.
 
-Used for backfills, evaluation and as the reference that integration tests compare the worker with.
+Used for backfills and as the reference that integration tests compare the worker with.
 Records are validated exactly as the worker validates them; rejections are counted by reason.
 """
 
@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.baseline import PopularityBaseline
 from models.core import InterestCore, InterestUpdate
 from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
 from models.head import SoftmaxHead
@@ -26,7 +25,6 @@ class ReplayResult:
     updates: int = 0
     duplicates: int = 0
     rejected: Counter = field(default_factory=Counter)
-    baseline: PopularityBaseline = field(default_factory=PopularityBaseline)
 
 
 def replay(
@@ -42,8 +40,6 @@ def replay(
     def flush() -> None:
         embeddings = core.embed([item for _, item in batch])
         out = core.apply(batch, embeddings, result.states, result.head)
-        for _, item in out.applied:
-            result.baseline.test_then_train(item.categories)
         result.states.update(out.states)
         result.updates += len(out.updates)
         result.duplicates += out.duplicates

@@ -106,6 +106,10 @@ class Settings:
 
 def _convert(raw: str, type_name: Any) -> Any:
     kind = str(type_name)
+    if kind == "bool":
+        if raw.strip().lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"not a boolean: {raw!r} (use true/false)")
+        return raw.strip().lower() in ("1", "true", "yes", "on")
     if kind == "int":
         return int(raw)
     if kind == "float":

@@ -91,13 +91,3 @@ def test_sgd_step_is_the_checked_gradient():
     np.testing.assert_allclose(head.W, W0 - 0.3 * gW, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(head.b, b0 - 0.3 * gb, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(loss + 0.5 * 0.01 * np.sum(W0 * W0), ref_loss, rtol=1e-5)
-
-
-def test_popularity_baseline_predicts_the_most_frequent_so_far():
-    from models.baseline import PopularityBaseline
-
-    base = PopularityBaseline()
-    for cats in [("a",), ("a", "b"), ("c",), ("a",)]:
-        base.test_then_train(cats)
-    # 1st: nothing known (miss); 2nd: top "a" (hit); 3rd: "c" unseen (miss at 1 and 5); 4th: "a" (hit).
-    assert (base.stats.n, base.stats.hit1, base.stats.hit5) == (4, 2, 2)

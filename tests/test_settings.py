@@ -13,6 +13,8 @@ def test_environment_overrides_file_and_defaults(tmp_path):
     assert (s.partitions, s.updates_topic, s.broker, s.max_wait_s) == (8, "u", "h:1", 0.1)
     assert s.model.tau_s == 60.0 and s.model.weights == {"click": 1, "cart": 2, "order": 4}
     assert s.event_topics == {"click": "click", "cart": "cart", "order": "order"}
+    flags = Settings.load({"INTEREST_ENVIRONMENT_FEATURES": "false", "INTEREST_HISTORY_LEN": "12"})
+    assert flags.model.environment_features is False and flags.model.history_len == 12
 
 
 def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
@@ -33,6 +35,8 @@ def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
         ({"INTEREST_MAX_BATCH": "1000"}, "dedup_window"),
         ({"INTEREST_WEIGHTS": "click=1"}, "weights lack"),
         ({"INTEREST_TAU_S": "0"}, "tau_s"),
+        ({"INTEREST_ENVIRONMENT_FEATURES": "maybe"}, "boolean"),
+        ({"INTEREST_TRANSITION_WINDOW": "9"}, "history_len"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(env, message):
