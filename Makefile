@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit lint format bench clean
+.PHONY: setup demo test test-unit lint format bench eval clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ format: setup
 ## Worker throughput and latency on a local broker, against the core alone (same script).
 bench: setup
 	$(BIN)/python benchmarks/worker_throughput.py
+
+## Both evaluation protocols on the MovieLens sample, every baseline incl. SASRec: benchmarks/results/.
+eval: setup
+	$(BIN)/interest-stream evaluate --dataset movielens --out benchmarks/results
 
 clean:
 	-$(BIN)/interest-stream broker stop

@@ -1,4 +1,4 @@
-"""``interest-stream``: worker, produce, tail, replay, demo and the local development broker.
+"""``interest-stream``: worker, produce, tail, replay, evaluate, demo and the local development broker.
 
 Every command reads the same settings (``streams.settings``), so ``KAFKA_BOOTSTRAP_SERVERS`` and the
 ``INTEREST_*`` variables apply everywhere.
@@ -146,14 +146,73 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 2),
         "events_per_s": round(applied / max(elapsed, 1e-9), 1),
         "prequential": result.head.stats.as_dict(),
-        "prequential_popularity_baseline": {
-            k: v for k, v in result.baseline.stats.as_dict().items() if k != "log_loss"
-        },
         "classes": len(result.head.classes),
     }
     print(json.dumps(summary, indent=2))
     core.encoder.close()
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Both protocols, every baseline, intervals and the report; see ``evaluation.run``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evaluation.data import load_jsonl, load_movielens
+    from evaluation.run import EvalOptions, evaluate
+    from models.sources import MOVIELENS_SAMPLE
+    from streams.settings import build_core
+
+    if args.events or args.items:
+        if not (args.events and args.items):
+            print("evaluate: --events and --items go together", file=sys.stderr)
+            return 2
+        log = load_jsonl(Path(args.events), Path(args.items))
+    else:
+        log = load_movielens(Path(args.path) if args.path else MOVIELENS_SAMPLE)
+    if args.max_users is not None:
+        from evaluation.data import EventLog
+
+        keep = set(log.users[: args.max_users])
+        events = [p for p in log.events if p[0].user_id in keep]
+        log = EventLog(log.name, events, sorted({e.item_id for e, _ in events}, key=_item_key), log.rejected)
+    if not log.events:
+        print("evaluate: no valid events to evaluate", file=sys.stderr)
+        return 2
+    opts = EvalOptions(
+        protocol=args.protocol,
+        ablations=not args.no_ablations,
+        sasrec=not args.no_sasrec,
+        sasrec_budget_s=args.sasrec_budget,
+        sasrec_epochs=args.sasrec_epochs,
+    )
+    core = build_core(_settings())
+    command = "interest-stream evaluate " + " ".join(args.raw_argv)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=args.quiet,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def status(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        numbers = evaluate(log, core, Path(args.out), opts, status, command.strip())
+    core.encoder.close()
+    out = Path(args.out)
+    print(f"wrote {out / 'metrics.json'}, {out / f'eval-{log.name}.md'} and plots")
+    for protocol, key in (("loo", "recall@10"), ("prequential", "acc@1")):
+        for model, entry in numbers.get(protocol, {}).items():
+            if ":" not in model:
+                print(f"  {protocol:11s} {model:16s} {key} {entry[key][0]:.4f}")
+    return 0
+
+
+def _item_key(item_id: str) -> tuple[int, int | str]:
+    from evaluation.data import item_sort_key
+
+    return item_sort_key(item_id)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -238,6 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--idle-exit", type=float, default=None, metavar="S", help="exit after S idle seconds")
     t.set_defaults(func=cmd_tail)
 
+    e = sub.add_parser("evaluate", help="replay a real log through the core: metrics, baselines, report")
+    e.add_argument("--events", help="events JSONL (the event contract plus 'type')")
+    e.add_argument("--items", help="items JSONL: item_id, title, text, categories")
+    e.add_argument("--dataset", choices=["movielens"], default="movielens", help="when no --events given")
+    e.add_argument("--path", default=None, help="the MovieLens folder (default: the sample in data/)")
+    e.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"), help="report folder")
+    e.add_argument("--protocol", choices=["loo", "prequential", "both"], default="both")
+    e.add_argument("--no-sasrec", action="store_true", help="skip the offline SASRec reference")
+    e.add_argument("--sasrec-budget", type=float, default=1800.0, metavar="S", help="SASRec training cap, s")
+    e.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec epoch cap")
+    e.add_argument("--no-ablations", action="store_true", help="only the default model and the baselines")
+    e.add_argument("--max-users", type=int, default=None, help="only the first N users (quick runs)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_evaluate)
+
     d = sub.add_parser("demo", help="broker + worker + MovieLens replay + live view")
     d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")
     d.add_argument("--keep-broker", action="store_true", help="leave the broker running afterwards")
@@ -246,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    args.raw_argv = raw[1:]
     try:
         return args.func(args) or 0
     except BrokerError as exc:

@@ -1,0 +1,1 @@
+"""Offline evaluation: replay real event logs through the core and score it against baselines."""

@@ -1,0 +1,198 @@
+"""The two protocols: prequential (how the live system is judged) and leave-one-out by time.
+
+Prequential: every event, in event-time order, is first predicted from the state before it and then
+learned, through ``InterestCore.apply`` in micro-batches exactly as the worker calls it. Category
+baselines see the same events in the same order.
+
+Leave-one-out: per user, events sorted by (time, item id); the last is the test item, the one before the
+validation item, the rest training (users with fewer than 3 events are training only). Online models
+learn the training events once, in event-time order; the offline SASRec trains on the same training
+sequences. Then every model ranks each user's validation item, all models learn the validation events,
+and every model ranks each user's test item. Items the user had before the target are masked.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evaluation.data import EventLog, item_sort_key
+from evaluation.metrics import CategoryPredictions, rank_metrics
+from evaluation.scorers import Batch, Histories, Scorer
+from models.core import InterestCore
+from models.events import Event, Item
+
+Progress = Callable[[int], None]  # called with the number of events just processed
+
+
+def batches(events: Sequence[tuple[Event, Item]], size: int) -> Iterator[Batch]:
+    for start in range(0, len(events), size):
+        yield events[start : start + size]
+
+
+# -- prequential ---------------------------------------------------------------------------------
+@dataclass
+class PrequentialResult:
+    models: dict[str, CategoryPredictions]
+    cold: np.ndarray  # per scored event: the item's first interaction in the log
+    ts: np.ndarray  # per scored event: its time (for plots over time)
+    n_users: int
+
+
+def _category_baselines(applied: list[tuple[Event, Item]], classes: list[str]) -> dict[str, np.ndarray]:
+    """Popularity (all users), the user's most frequent and the user's last category, test-then-train."""
+    col = {c: k for k, c in enumerate(classes)}
+    k = len(classes)
+    out = {name: np.zeros((len(applied), k)) for name in ("popularity", "most_frequent", "last_category")}
+    glob = np.zeros(k)
+    per_user: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(k))
+    last: dict[str, np.ndarray] = {}
+    uniform = np.full(k, 1.0 / k)
+
+    def dist(v: np.ndarray) -> np.ndarray:
+        # A small share of the global prior breaks ties and keeps log-loss finite for unseen categories.
+        total = v.sum()
+        g = glob / glob.sum() if glob.sum() else uniform
+        return 0.99 * (v / total) + 0.01 * g if total else g
+
+    for n, (event, item) in enumerate(applied):
+        y = np.zeros(k)
+        y[[col[c] for c in item.categories]] = 1.0 / len(item.categories)
+        out["popularity"][n] = dist(glob)
+        out["most_frequent"][n] = dist(per_user[event.user_id])
+        out["last_category"][n] = dist(last.get(event.user_id, np.zeros(k)))
+        glob += y
+        per_user[event.user_id] += y
+        last[event.user_id] = y
+    return out
+
+
+def run_prequential(
+    log: EventLog,
+    cores: dict[str, InterestCore],
+    embeddings: dict[str, np.ndarray],
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> PrequentialResult:
+    """``cores``: named configurations of the core; the first is the default model."""
+    classes = sorted({c for _, item in log.events for c in item.categories})
+    col = {c: k for k, c in enumerate(classes)}
+    users = {u: k for k, u in enumerate(log.users)}
+    seen: set[str] = set()
+    models: dict[str, CategoryPredictions] = {}
+    applied_ref: list[tuple[Event, Item]] | None = None
+    for name, core in cores.items():
+        head, states = core.new_head(), {}
+        applied: list[tuple[Event, Item]] = []
+        preds: list[np.ndarray] = []
+        for batch in batches(log.events, batch_size):
+            out = core.apply(batch, embeddings, states, head)
+            states.update(out.states)
+            applied += out.applied
+            preds += out.predictions
+            if progress is not None:
+                progress(len(batch))
+        keep = [n for n, (_, item) in enumerate(applied) if item.categories]
+        proba = np.zeros((len(keep), len(classes)))
+        head_cols = np.asarray([col[c] for c in head.classes], dtype=np.int64)
+        for row, n in enumerate(keep):
+            p = preds[n]
+            proba[row, head_cols[: len(p)]] = p
+        if applied_ref is None:
+            applied_ref = [applied[n] for n in keep]
+        models[name] = CategoryPredictions(classes, proba, np.zeros(0), np.zeros(0, np.int64))
+    assert applied_ref is not None
+    truth = np.zeros((len(applied_ref), len(classes)))
+    cold = np.zeros(len(applied_ref), bool)
+    for row, (event, item) in enumerate(applied_ref):
+        truth[row, [col[c] for c in item.categories]] = 1.0
+        cold[row] = event.item_id not in seen
+        seen.add(event.item_id)
+    user = np.asarray([users[e.user_id] for e, _ in applied_ref], dtype=np.int64)
+    for pred in models.values():
+        pred.truth, pred.user = truth, user
+    for name, proba in _category_baselines(applied_ref, classes).items():
+        models[name] = CategoryPredictions(classes, proba, truth, user)
+    ts = np.asarray([e.ts for e, _ in applied_ref])
+    return PrequentialResult(models, cold, ts, len(users))
+
+
+# -- leave-one-out -------------------------------------------------------------------------------
+@dataclass
+class LooSplit:
+    train: list[tuple[Event, Item]]  # event-time order
+    val: list[tuple[Event, Item]]  # one per user with >= 3 events, event-time order
+    test: list[tuple[Event, Item]]
+
+
+def loo_split(log: EventLog) -> LooSplit:
+    per_user: dict[str, list[tuple[Event, Item]]] = defaultdict(list)
+    for pair in log.events:
+        per_user[pair[0].user_id].append(pair)
+    held: set[int] = set()
+    val, test = [], []
+    for seq in per_user.values():
+        if len(seq) < 3:
+            continue
+        seq.sort(key=lambda p: (p[0].ts, item_sort_key(p[0].item_id)))
+        val.append(seq[-2])
+        test.append(seq[-1])
+        held.update((id(seq[-2]), id(seq[-1])))
+    train = [p for p in log.events if id(p) not in held]
+    by_time = lambda p: (p[0].ts, item_sort_key(p[0].user_id))  # noqa: E731
+    return LooSplit(train, sorted(val, key=by_time), sorted(test, key=by_time))
+
+
+@dataclass
+class LooResult:
+    users: list[str]  # the evaluated users, in test order
+    val: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # model -> per-user (val order)
+    test: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    cold: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # test item never learned before
+
+
+def _rank_all(
+    scorers: Sequence[Scorer], targets: Sequence[tuple[Event, Item]], hist: Histories
+) -> dict[str, list[dict[str, float]]]:
+    out: dict[str, list[dict[str, float]]] = {s.name: [] for s in scorers}
+    for event, _ in targets:
+        target = hist.item_index[event.item_id]
+        masked = hist.of.get(event.user_id, [])
+        for s in scorers:
+            out[s.name].append(rank_metrics(s.scores(event.user_id), target, masked))
+    return out
+
+
+def run_loo(
+    log: EventLog,
+    make_scorers: Callable[[Histories], list[Scorer]],
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> LooResult:
+    split = loo_split(log)
+    hist = Histories(log.item_index, len(log.items))
+    scorers = make_scorers(hist)
+    # A scorer with ``fit(hist, val)`` is offline (SASRec): trained once, on the training split.
+    online = [s for s in scorers if not hasattr(s, "fit")]
+    for batch in batches(split.train, batch_size):
+        hist.learn(batch)
+        for s in online:
+            s.learn(batch)
+        if progress is not None:
+            progress(len(batch))
+    for s in scorers:
+        if hasattr(s, "fit"):
+            s.fit(hist, split.val)
+    result = LooResult(users=[e.user_id for e, _ in split.test])
+    result.val = _rank_all(scorers, split.val, hist)
+    for batch in batches(split.val, batch_size):
+        hist.learn(batch)
+        for s in online:
+            s.learn(batch)
+    result.test = _rank_all(scorers, split.test, hist)
+    learned = Counter(i for seq in hist.of.values() for i in seq)
+    result.cold = np.asarray([learned[hist.item_index[e.item_id]] == 0 for e, _ in split.test])
+    return result

@@ -1,0 +1,275 @@
+"""``interest-stream evaluate``: both protocols, every model, intervals, ablations, report files.
+
+One call of ``evaluate`` replays the log through the core once per model configuration, scores the
+baselines in the same passes, bootstraps intervals over users and writes (in ``out``):
+
+- ``metrics.json``: the stable summary, ``{"loo": {MODEL: {...}}, "prequential": {MODEL: {...}}}``;
+- ``eval-<dataset>.json``: every number (intervals, cold/warm, ablations, SASRec training, settings);
+- ``eval-<dataset>.md`` and ``eval-<dataset>-*.png``: the report (see ``evaluation.report``).
+
+Everything is seeded, so the same command on the same data writes the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.data import EventLog
+from evaluation.metrics import (
+    RANK_METRICS,
+    CategoryPredictions,
+    bootstrap_classification,
+    bootstrap_means,
+)
+from evaluation.protocols import LooResult, PrequentialResult, loo_split, run_loo, run_prequential
+from evaluation.scorers import (
+    CoreModel,
+    Histories,
+    ItemKNN,
+    LastItemText,
+    Popularity,
+    SASRecScorer,
+    Scorer,
+    StaticMean,
+    with_config,
+)
+from models.config import DAY_S
+from models.core import InterestCore
+
+HOUR_S = 3600.0
+NO_DECAY_S = 1e15  # ~30 million years: exp(-dt/tau) = 1 for any real log
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    protocol: str = "both"  # loo | prequential | both
+    batch_size: int = 256
+    n_boot: int = 1000  # ranking metrics (cheap)
+    n_boot_classification: int = 100  # classification metrics (AUC per resample is the costly part)
+    ablations: bool = True
+    sasrec: bool = True
+    sasrec_budget_s: float = 1800.0
+    sasrec_epochs: int = 200
+    seed: int = 0
+
+
+# The default model's ablations and grids: name -> InterestConfig changes.
+LOO_VARIANTS: dict[str, dict[str, Any]] = {
+    "no sequence (text + popularity)": {"sequence_weight": 0.0},
+    "no text": {"text_weight": 0.0},
+    "no popularity": {"popularity_weight": 0.0},
+    "no backward transitions": {"transition_backward": 0.0},
+    "no degree normalisation": {"degree_power": 0.0},
+    "last item only (history_len 1)": {"history_len": 1, "transition_window": 1},
+    "transition_window 1": {"transition_window": 1},
+    "transition_window 3": {"transition_window": 3},
+    "history_len 16, window 8": {"history_len": 16, "transition_window": 8},
+    "text_weight 0.3": {"text_weight": 0.3},
+}
+# The interest vector alone (the literal method) under a decay grid and without weights.
+INTEREST_VARIANTS: dict[str, dict[str, Any]] = {
+    "tau 1 h": {"tau_s": HOUR_S},
+    "tau 1 d": {"tau_s": DAY_S},
+    "tau 30 d": {"tau_s": 30 * DAY_S},
+    "no decay": {"tau_s": NO_DECAY_S},
+    "no event-type weights": {"weights": {"click": 1.0, "cart": 1.0, "order": 1.0}},
+}
+PREQUENTIAL_VARIANTS: dict[str, dict[str, Any]] = {
+    "no decay": {"tau_s": NO_DECAY_S},
+    "no event-type weights": {"weights": {"click": 1.0, "cart": 1.0, "order": 1.0}},
+    "no environment features": {"environment_features": False},
+    "tau 1 h": {"tau_s": HOUR_S},
+    "tau 1 d": {"tau_s": DAY_S},
+    "tau 30 d": {"tau_s": 30 * DAY_S},
+    "learning_rate 0.01": {"learning_rate": 0.01},
+    "learning_rate 0.2": {"learning_rate": 0.2},
+}
+
+Status = Callable[[str, int, int], None]  # (phase description, done, total) for a progress display
+
+
+def _embed_catalogue(core: InterestCore, log: EventLog) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    items = [log.item_of[i] for i in log.items]
+    embeddings = core.embed(items)
+    return np.stack([embeddings[it.encoder_text] for it in items]), embeddings
+
+
+def _loo(
+    log: EventLog, core: InterestCore, opts: EvalOptions, status: Status
+) -> tuple[LooResult, dict[str, Any]]:
+    item_emb, embeddings = _embed_catalogue(core, log)
+    sasrec_log: list[str] = []
+    fit_info: dict[str, Any] = {}
+
+    def sasrec_epoch(line: str) -> None:
+        sasrec_log.append(line)
+        status("leave-one-out: training SASRec (epochs, early stopping)", len(sasrec_log), opts.sasrec_epochs)
+
+    def make(hist: Histories) -> list[Scorer]:
+        def core_model(name: str, changes: dict[str, Any], use_ranker: bool = True) -> CoreModel:
+            c = with_config(core, **changes) if changes else core
+            return CoreModel(name, c, log.items, item_emb, embeddings, use_ranker)
+
+        scorers: list[Scorer] = [
+            core_model("default", {}),
+            Popularity(hist),
+            LastItemText(hist, item_emb),
+            StaticMean(hist, item_emb),
+            ItemKNN(hist),
+            core_model("interest_vector", {}, use_ranker=False),
+        ]
+        if opts.sasrec:
+            scorers.append(
+                SASRecScorer(
+                    hist, opts.sasrec_budget_s, opts.sasrec_epochs, opts.seed, sasrec_epoch, fit_info
+                )
+            )
+        if opts.ablations:
+            scorers += [core_model(f"default: {n}", ch) for n, ch in LOO_VARIANTS.items()]
+            scorers += [core_model(f"interest_vector: {n}", ch, False) for n, ch in INTEREST_VARIANTS.items()]
+        return scorers
+
+    total = len(loo_split(log).train)
+    done = 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        status("leave-one-out: replaying the training events", done, total)
+
+    result = run_loo(log, make, opts.batch_size, progress)
+    fit_info["log"] = sasrec_log
+    return result, fit_info
+
+
+def _loo_numbers(result: LooResult, opts: EvalOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cold = result.cold
+    for name, per_user in result.test.items():
+        entry: dict[str, Any] = {"n_users": len(per_user)}
+        for m in RANK_METRICS:
+            values = np.asarray([u[m] for u in per_user])
+            entry[m] = bootstrap_means(values, opts.n_boot, opts.seed).as_list()
+            entry[f"val_{m}"] = round(float(np.mean([u[m] for u in result.val[name]])), 6)
+            for label, mask in (("cold", cold), ("warm", ~cold)):
+                entry[f"{label}_{m}"] = bootstrap_means(values[mask], opts.n_boot, opts.seed).as_list()
+        entry["n_cold"] = int(cold.sum())
+        out[name] = entry
+    return out
+
+
+def _subset(pred: CategoryPredictions, mask: np.ndarray) -> CategoryPredictions:
+    return CategoryPredictions(pred.classes, pred.proba[mask], pred.truth[mask], pred.user[mask])
+
+
+def _prequential_numbers(result: PrequentialResult, opts: EvalOptions, status: Status) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    names = list(result.models)
+    for k, name in enumerate(names):
+        status("prequential: bootstrap intervals", k, len(names))
+        pred = result.models[name]
+        full = name in ("default", "popularity", "most_frequent", "last_category")
+        n_boot = opts.n_boot_classification if full else 0
+        ci = bootstrap_classification(pred, result.n_users, n_boot, opts.seed)
+        entry: dict[str, Any] = {m: v.as_list() for m, v in ci.items()}
+        entry["n_events"] = len(pred.proba)
+        for label, mask in (("cold", result.cold), ("warm", ~result.cold)):
+            sub = bootstrap_classification(_subset(pred, mask), result.n_users, n_boot, opts.seed)
+            entry[f"{label}_acc@1"] = sub["acc@1"].as_list()
+            entry[f"{label}_hit@5"] = sub["hit@5"].as_list()
+        entry["n_cold"] = int(result.cold.sum())
+        out[name] = entry
+    return out
+
+
+def _rolling_accuracy(result: PrequentialResult, window: int = 5000) -> dict[str, list[float]]:
+    """acc@1 over the last ``window`` events, every ``window // 5`` events: the plot over time."""
+    out = {}
+    step = max(window // 5, 1)
+    for name in ("default", "most_frequent", "last_category", "popularity"):
+        pred = result.models[name]
+        top = np.argmax(pred.proba, axis=1)
+        hit = pred.truth[np.arange(len(top)), top] > 0
+        csum = np.concatenate([[0], np.cumsum(hit)])
+        ends = np.arange(min(window, len(hit)), len(hit) + 1, step)
+        out[name] = [round(float((csum[e] - csum[max(e - window, 0)]) / min(window, e)), 6) for e in ends]
+        out["_ends"] = ends.tolist()
+    return out
+
+
+def evaluate(
+    log: EventLog,
+    core: InterestCore,
+    out: Path,
+    opts: EvalOptions = EvalOptions(),
+    status: Status | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    status = status or (lambda *_: None)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers: dict[str, Any] = {
+        "dataset": log.name,
+        "command": command,
+        "events": len(log.events),
+        "users": len(log.users),
+        "items": len(log.items),
+        "rejected": dict(log.rejected),
+        "config": {k: v for k, v in asdict(core.config).items()},
+        "encoder": core.encoder.name,
+        "options": asdict(opts),
+    }
+    seconds: dict[str, float] = {}  # kept apart: the numbers file is identical run to run, times are not
+    summary: dict[str, Any] = {}
+    if opts.protocol in ("loo", "both"):
+        t0 = time.perf_counter()
+        loo, fit_info = _loo(log, core, opts, status)
+        numbers["loo"] = _loo_numbers(loo, opts)
+        seconds["sasrec_train"] = fit_info.pop("train_seconds", None)
+        seconds["sasrec_log"] = fit_info.pop("log", [])
+        numbers["sasrec_training"] = fit_info
+        split = loo_split(log)
+        numbers["loo_split"] = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
+        seconds["loo"] = round(time.perf_counter() - t0, 1)
+        summary["loo"] = {
+            name: {m: e[m][0] for m in RANK_METRICS} | {"n_users": e["n_users"]}
+            for name, e in numbers["loo"].items()
+            if ":" not in name
+        }
+    if opts.protocol in ("prequential", "both"):
+        t0 = time.perf_counter()
+        _, embeddings = _embed_catalogue(core, log)
+        cores = {"default": core}
+        if opts.ablations:
+            cores |= {f"default: {n}": with_config(core, **ch) for n, ch in PREQUENTIAL_VARIANTS.items()}
+        total, done = len(log.events) * len(cores), 0
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            status("prequential: replaying every event", done, total)
+
+        preq = run_prequential(log, cores, embeddings, opts.batch_size, progress)
+        numbers["prequential"] = _prequential_numbers(preq, opts, status)
+        numbers["prequential_over_time"] = _rolling_accuracy(preq)
+        seconds["prequential"] = round(time.perf_counter() - t0, 1)
+        summary["prequential"] = {
+            name: {m: e[m][0] for m in ("acc@1", "hit@5", "macro_f1", "weighted_f1", "auc_macro", "log_loss")}
+            | {"n_events": e["n_events"]}
+            for name, e in numbers["prequential"].items()
+            if ":" not in name
+        }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (out / f"eval-{log.name}.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
+    (out / f"eval-{log.name}-timings.json").write_text(json.dumps(seconds, indent=1) + "\n")
+    numbers["timings"] = seconds
+    from evaluation.report import write_report
+
+    write_report(numbers, out)
+    return numbers

@@ -1,0 +1,173 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, log_loss, roc_auc_score
+
+from evaluation.data import build_log
+from evaluation.metrics import (
+    CategoryPredictions,
+    _Sorted,
+    _weighted_auc,
+    bootstrap_means,
+    classification_metrics,
+    rank_metrics,
+)
+from evaluation.protocols import loo_split
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_rank_metrics_exact_and_under_ties():
+    s = np.array([0.9, 0.8, 0.7, 0.1, 0.5])
+    m = rank_metrics(s, target=4, masked=[0])  # item 0 masked: target ranks 3rd (0.8, 0.7 above)
+    assert m["recall@10"] == 1.0 and m["mrr"] == pytest.approx(1 / 3)
+    assert m["ndcg@10"] == pytest.approx(1 / np.log2(4))
+    flat = rank_metrics(np.zeros(100), target=7, masked=[1, 2, 3, 7])  # target never masks itself
+    assert flat["recall@10"] == pytest.approx(10 / 97) and flat["recall@20"] == pytest.approx(20 / 97)
+    assert flat["mrr"] == pytest.approx(np.mean(1 / np.arange(1, 98)))
+
+
+def test_classification_metrics_match_sklearn_on_single_label_data():
+    rng = np.random.default_rng(0)
+    n, k = 400, 5
+    logits = rng.normal(size=(n, k))
+    labels = np.where(rng.random(n) < 0.6, logits.argmax(1), rng.integers(0, k, n))
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    truth = np.eye(k)[labels]
+    pred = CategoryPredictions([str(c) for c in range(k)], proba, truth, np.arange(n) % 7)
+    m = classification_metrics(pred)
+    top = proba.argmax(1)
+    assert m["acc@1"] == pytest.approx(np.mean(top == labels))
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, top, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(labels, top, average="weighted"))
+    auc = np.mean([roc_auc_score(truth[:, c], proba[:, c]) for c in range(k)])
+    assert m["auc_macro"] == pytest.approx(auc)
+    assert m["log_loss"] == pytest.approx(log_loss(labels, proba, labels=list(range(k))))
+
+
+def test_weighted_auc_equals_auc_of_the_repeated_sample():
+    rng = np.random.default_rng(1)
+    score = np.round(rng.random(60), 1)  # many ties
+    label = (rng.random(60) < 0.4).astype(float)
+    weight = rng.integers(0, 4, 60).astype(float)
+    expected = roc_auc_score(np.repeat(label, weight.astype(int)), np.repeat(score, weight.astype(int)))
+    got = _weighted_auc(score, label, weight, np.argsort(score, kind="stable"))
+    assert got == pytest.approx(expected)
+    assert _Sorted  # the sort cache the bootstrap shares
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    x = np.random.default_rng(2).random(300)
+    a, b = bootstrap_means(x, 500, seed=3), bootstrap_means(x, 500, seed=3)
+    assert a == b and a.low < a.value < a.high and a.value == pytest.approx(x.mean())
+
+
+def _event(user: str, item: str, ts: float, cats=("c",)) -> tuple[str, dict]:
+    return "click", {"event_id": f"{user}-{item}-{ts}", "user_id": user, "item_id": item, "ts": ts,
+                     "item": {"title": f"item {item}", "categories": list(cats)}}  # fmt: skip
+
+
+def test_loo_split_orders_by_time_then_item_id():
+    records = [_event("u1", "10", 5), _event("u1", "9", 5), _event("u1", "1", 1), _event("u1", "2", 2),
+               _event("u2", "1", 1), _event("u2", "2", 3), _event("bad", "x", "not a time")]  # fmt: skip
+    log = build_log("t", records, {})
+    assert log.rejected == {"bad_timestamp": 1}
+    split = loo_split(log)
+    assert [(e.user_id, e.item_id) for e, _ in split.test] == [("u1", "10")]  # ts tie: larger id last
+    assert [(e.user_id, e.item_id) for e, _ in split.val] == [("u1", "9")]
+    assert sorted((e.user_id, e.item_id) for e, _ in split.train) == [("u1", "1"), ("u1", "2"),
+                                                                        ("u2", "1"), ("u2", "2")]  # fmt: skip
+
+
+def _synthetic_files(folder: Path) -> tuple[Path, Path]:
+    """Users walk one of two item cycles (sequence signal) whose items carry the cycle's category."""
+    rng = np.random.default_rng(0)
+    items, events = [], []
+    for genre in ("jazz", "rock"):
+        for k in range(15):
+            items.append({"item_id": f"{genre}{k}", "title": f"{genre} album number {k}", "text": "",
+                          "categories": [genre]})  # fmt: skip
+    for u in range(40):
+        genre = ("jazz", "rock")[u % 2]
+        start = int(rng.integers(0, 15))
+        for step in range(12):
+            kind = ("click", "cart", "order")[int(rng.integers(0, 3))]
+            events.append({"type": kind, "event_id": f"u{u}-{step}", "user_id": f"u{u}",
+                           "item_id": f"{genre}{(start + step) % 15}", "ts": 1_700_000_000 + 3600 * step + u,
+                           "context": {"device": "ios" if u % 3 else "web"}})  # fmt: skip
+    ev, it = folder / "events.jsonl", folder / "items.jsonl"
+    ev.write_text("".join(json.dumps(e) + "\n" for e in events))
+    it.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return ev, it
+
+
+def _evaluate(tmp_path: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
+    ev, it = tmp_path / "events.jsonl", tmp_path / "items.jsonl"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", INTEREST_STATE_DIR=str(tmp_path / "state"))
+    cmd = [sys.executable, "-m", "streams.cli", "evaluate", "--events", str(ev), "--items", str(it),
+           "--out", str(tmp_path / out), "--quiet", *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_command_on_user_files(tmp_path):
+    _synthetic_files(tmp_path)
+    run = _evaluate(tmp_path, "a", "--sasrec-epochs", "3")
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    for model in ("default", "popularity", "last_item", "static_mean", "item_knn", "sasrec"):
+        assert set(metrics["loo"][model]) == {"recall@10", "recall@20", "ndcg@10", "mrr", "n_users"}
+        assert metrics["loo"][model]["n_users"] == 40
+    for model in ("default", "popularity", "most_frequent", "last_category"):
+        assert set(metrics["prequential"][model]) == {"acc@1", "hit@5", "macro_f1", "weighted_f1",
+                                                      "auc_macro", "log_loss", "n_events"}  # fmt: skip
+        assert metrics["prequential"][model]["n_events"] == 480
+    # The cycles are learnable: the sequence model finds the next album, popularity cannot.
+    assert metrics["loo"]["default"]["recall@10"] > 0.9 > 0.5 > metrics["loo"]["popularity"]["recall@10"]
+    # A user's genre is fixed: once seen, the head should know it (each first event is a coin flip).
+    assert (
+        metrics["prequential"]["default"]["acc@1"] > 0.8 > 0.6 > metrics["prequential"]["popularity"]["acc@1"]
+    )
+    report = (tmp_path / "a" / "eval-events.md").read_text()
+    assert "| default |" in report and "## Goals" in report
+    assert {p.name for p in (tmp_path / "a").glob("*.png")} == {
+        "eval-events-loo.png", "eval-events-cold-warm.png", "eval-events-prequential.png"}  # fmt: skip
+    (tmp_path / "a").rename(tmp_path / "first")
+    again = _evaluate(tmp_path, "a", "--sasrec-epochs", "3")  # the same command again
+    assert again.returncode == 0, again.stderr
+    for name in ("metrics.json", "eval-events.json", "eval-events.md"):
+        assert (tmp_path / "first" / name).read_text() == (tmp_path / "a" / name).read_text(), name
+
+
+def test_evaluate_movielens_shortcut(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    args = "--dataset movielens --max-users 25 --protocol loo --no-sasrec --no-ablations --quiet"
+    cmd = [sys.executable, "-m", "streams.cli", "evaluate", *args.split(), "--out", str(tmp_path)]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "prequential" not in metrics and metrics["loo"]["default"]["n_users"] == 25
+    numbers = json.loads((tmp_path / "eval-movielens.json").read_text())
+    assert numbers["loo_split"]["test"] == 25 and numbers["rejected"] == {}
+
+
+def test_category_baselines_predict_from_the_past_only():
+    from evaluation.protocols import _category_baselines
+    from models.events import Event, Item
+
+    seq = [("u1", ("a",)), ("u2", ("a", "b")), ("u1", ("c",)), ("u1", ("a",)), ("u2", ("c",))]
+    applied = [
+        (Event(f"e{n}", u, f"i{n}", float(n), "click"), Item("t", "", cats))
+        for n, (u, cats) in enumerate(seq)
+    ]
+    out = _category_baselines(applied, ["a", "b", "c"])
+    top = {name: [int(np.argmax(p)) for p in proba] for name, proba in out.items()}
+    # global counts before each event: -, a1, a1.5 b.5, a1.5 b.5 c1, a2.5 b.5 c1
+    assert top["popularity"][1:] == [0, 0, 0, 0]
+    assert top["most_frequent"][3] == 0  # u1 had a (1) and c (1): tie, broken by the global prior (a)
+    assert top["last_category"][3] == 2 and top["last_category"][4] in (0, 1)  # u1 last: c; u2 last: a/b
+    np.testing.assert_allclose(out["popularity"].sum(axis=1), 1.0)
