@@ -61,47 +61,40 @@ class Scorer(Protocol):
     def scores(self, user: str) -> np.ndarray: ...
 
 
-class Popularity:
-    """How often each item was acted on so far (all users)."""
+class _FromHistories:
+    """A baseline computed from the shared ``Histories`` at scoring time: nothing of its own to learn."""
 
-    name = "popularity"
-
-    def __init__(self, hist: Histories) -> None:
+    def __init__(self, hist: Histories, item_emb: np.ndarray | None = None) -> None:
         self.hist = hist
+        self.emb = item_emb if item_emb is not None else np.zeros((hist.n_items, 0), np.float32)
 
     def learn(self, batch: Batch) -> None:
         pass
+
+
+class Popularity(_FromHistories):
+    """How often each item was acted on so far (all users)."""
+
+    name = "popularity"
 
     def scores(self, user: str) -> np.ndarray:
         return self.hist.counts.copy()
 
 
-class LastItemText:
+class LastItemText(_FromHistories):
     """Text nearest neighbours of the user's last item (cosine of encoder embeddings)."""
 
     name = "last_item"
-
-    def __init__(self, hist: Histories, item_emb: np.ndarray) -> None:
-        self.hist, self.emb = hist, item_emb
-
-    def learn(self, batch: Batch) -> None:
-        pass
 
     def scores(self, user: str) -> np.ndarray:
         seen = self.hist.of.get(user)
         return self.emb @ self.emb[seen[-1]] if seen else np.zeros(len(self.emb), np.float32)
 
 
-class StaticMean:
+class StaticMean(_FromHistories):
     """Cosine to the plain mean of the user's item embeddings: no decay, no event-type weights."""
 
     name = "static_mean"
-
-    def __init__(self, hist: Histories, item_emb: np.ndarray) -> None:
-        self.hist, self.emb = hist, item_emb
-
-    def learn(self, batch: Batch) -> None:
-        pass
 
     def scores(self, user: str) -> np.ndarray:
         seen = self.hist.of.get(user)
@@ -111,17 +104,11 @@ class StaticMean:
         return self.emb @ (mean / max(float(np.linalg.norm(mean)), 1e-12))
 
 
-class ItemKNN:
+class ItemKNN(_FromHistories):
     """Item-item co-occurrence kNN on ids only: score(j) = sum over the user's items i of cos(i, j),
     cosine of the items' user columns. Two sparse products, so no items x items matrix is built."""
 
     name = "item_knn"
-
-    def __init__(self, hist: Histories) -> None:
-        self.hist = hist
-
-    def learn(self, batch: Batch) -> None:
-        pass
 
     def scores(self, user: str) -> np.ndarray:
         m, users = self.hist.matrix()
