@@ -173,6 +173,8 @@ def run_loo(
     progress: Progress | None = None,
 ) -> LooResult:
     split = loo_split(log)
+    if not split.test:
+        raise ValueError("leave-one-out needs users with at least 3 events; this log has none")
     hist = Histories(log.item_index, len(log.items))
     scorers = make_scorers(hist)
     # A scorer with ``fit(hist, val)`` is offline (SASRec): trained once, on the training split.
@@ -194,5 +196,5 @@ def run_loo(
             s.learn(batch)
     result.test = _rank_all(scorers, split.test, hist)
     learned = Counter(i for seq in hist.of.values() for i in seq)
-    result.cold = np.asarray([learned[hist.item_index[e.item_id]] == 0 for e, _ in split.test])
+    result.cold = np.asarray([learned[hist.item_index[e.item_id]] == 0 for e, _ in split.test], bool)
     return result

@@ -7,6 +7,7 @@ Every command reads the same settings (``streams.settings``), so ``KAFKA_BOOTSTR
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -162,13 +163,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.sources import MOVIELENS_SAMPLE
     from streams.settings import build_core
 
-    if args.events or args.items:
-        if not (args.events and args.items):
-            print("evaluate: --events and --items go together", file=sys.stderr)
-            return 2
-        log = load_jsonl(Path(args.events), Path(args.items))
-    else:
-        log = load_movielens(Path(args.path) if args.path else MOVIELENS_SAMPLE)
+    if bool(args.events) != bool(args.items):
+        print("evaluate: --events and --items go together", file=sys.stderr)
+        return 2
+    try:
+        if args.events:
+            log = load_jsonl(Path(args.events), Path(args.items))
+        else:
+            log = load_movielens(Path(args.path) if args.path else MOVIELENS_SAMPLE)
+    except (OSError, ValueError) as exc:  # unreadable file, a line that is not JSON or not an item
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
     if args.max_users is not None:
         from evaluation.data import EventLog
 
@@ -185,7 +190,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sasrec_budget_s=args.sasrec_budget,
         sasrec_epochs=args.sasrec_epochs,
     )
-    core = build_core(_settings())
+    # Its own embedding cache by default: a running worker holds the RocksDB lock of its state dir.
+    state_dir = (
+        args.state_dir or os.environ.get("INTEREST_STATE_DIR") or str(REPO_ROOT / ".state" / "evaluate")
+    )
+    core = build_core(dataclasses.replace(_settings(), state_dir=state_dir))
     command = "interest-stream evaluate " + " ".join(args.raw_argv)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -198,7 +207,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done, total=total)
 
-        numbers = evaluate(log, core, Path(args.out), opts, status, command.strip())
+        try:
+            numbers = evaluate(log, core, Path(args.out), opts, status, command.strip())
+        except ValueError as exc:
+            print(f"evaluate: {exc}", file=sys.stderr)
+            return 2
     core.encoder.close()
     out = Path(args.out)
     print(f"wrote {out / 'metrics.json'}, {out / f'eval-{log.name}.md'} and plots")
@@ -310,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-ablations", action="store_true", help="only the default model and the baselines")
     e.add_argument("--max-users", type=int, default=None, help="only the first N users (quick runs)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--state-dir", default=None, help="embedding cache folder (default: .state/evaluate)")
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="broker + worker + MovieLens replay + live view")

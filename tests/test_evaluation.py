@@ -171,3 +171,13 @@ def test_category_baselines_predict_from_the_past_only():
     assert top["most_frequent"][3] == 0  # u1 had a (1) and c (1): tie, broken by the global prior (a)
     assert top["last_category"][3] == 2 and top["last_category"][4] in (0, 1)  # u1 last: c; u2 last: a/b
     np.testing.assert_allclose(out["popularity"].sum(axis=1), 1.0)
+
+
+def test_evaluate_explains_bad_input(tmp_path):
+    (tmp_path / "events.jsonl").write_text(json.dumps(_event("u", "i", 1)[1] | {"type": "click"}) + "\n")
+    (tmp_path / "items.jsonl").write_text('{"item_id": "i"}\n')
+    run = _evaluate(tmp_path, "out")
+    assert run.returncode == 2 and "items.jsonl:1: not an item line" in run.stderr
+    (tmp_path / "items.jsonl").write_text('{"item_id": "i", "title": "A thing", "categories": ["c"]}\n')
+    run = _evaluate(tmp_path, "out", "--protocol", "loo")
+    assert run.returncode == 2 and "at least 3 events" in run.stderr
