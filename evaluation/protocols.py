@@ -171,8 +171,9 @@ def run_loo(
     make_scorers: Callable[[Histories], list[Scorer]],
     batch_size: int = 256,
     progress: Progress | None = None,
+    split: LooSplit | None = None,
 ) -> LooResult:
-    split = loo_split(log)
+    split = split or loo_split(log)
     if not split.test:
         raise ValueError("leave-one-out needs users with at least 3 events; this log has none")
     hist = Histories(log.item_index, len(log.items))

@@ -28,7 +28,14 @@ from evaluation.metrics import (
     bootstrap_classification,
     bootstrap_means,
 )
-from evaluation.protocols import LooResult, PrequentialResult, loo_split, run_loo, run_prequential
+from evaluation.protocols import (
+    LooResult,
+    LooSplit,
+    PrequentialResult,
+    loo_split,
+    run_loo,
+    run_prequential,
+)
 from evaluation.scorers import (
     CoreModel,
     Histories,
@@ -102,9 +109,14 @@ def _embed_catalogue(core: InterestCore, log: EventLog) -> tuple[np.ndarray, dic
 
 
 def _loo(
-    log: EventLog, core: InterestCore, opts: EvalOptions, status: Status
+    log: EventLog,
+    split: LooSplit,
+    core: InterestCore,
+    catalogue: tuple[np.ndarray, dict[str, np.ndarray]],
+    opts: EvalOptions,
+    status: Status,
 ) -> tuple[LooResult, dict[str, Any]]:
-    item_emb, embeddings = _embed_catalogue(core, log)
+    item_emb, embeddings = catalogue
     sasrec_log: list[str] = []
     fit_info: dict[str, Any] = {}
 
@@ -136,7 +148,7 @@ def _loo(
             scorers += [core_model(f"interest_vector: {n}", ch, False) for n, ch in INTEREST_VARIANTS.items()]
         return scorers
 
-    total = len(loo_split(log).train)
+    total = len(split.train)
     done = 0
 
     def progress(n: int) -> None:
@@ -144,7 +156,7 @@ def _loo(
         done += n
         status("leave-one-out: replaying the training events", done, total)
 
-    result = run_loo(log, make, opts.batch_size, progress)
+    result = run_loo(log, make, opts.batch_size, progress, split)
     fit_info["log"] = sasrec_log
     return result, fit_info
 
@@ -227,14 +239,15 @@ def evaluate(
     }
     seconds: dict[str, float] = {}  # kept apart: the numbers file is identical run to run, times are not
     summary: dict[str, Any] = {}
+    catalogue = _embed_catalogue(core, log)  # (item matrix in catalogue order, text -> vector)
     if opts.protocol in ("loo", "both"):
         t0 = time.perf_counter()
-        loo, fit_info = _loo(log, core, opts, status)
+        split = loo_split(log)
+        loo, fit_info = _loo(log, split, core, catalogue, opts, status)
         numbers["loo"] = _loo_numbers(loo, opts)
         seconds["sasrec_train"] = fit_info.pop("train_seconds", None)
         seconds["sasrec_log"] = fit_info.pop("log", [])
         numbers["sasrec_training"] = fit_info
-        split = loo_split(log)
         numbers["loo_split"] = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
         seconds["loo"] = round(time.perf_counter() - t0, 1)
         summary["loo"] = {
@@ -244,7 +257,7 @@ def evaluate(
         }
     if opts.protocol in ("prequential", "both"):
         t0 = time.perf_counter()
-        _, embeddings = _embed_catalogue(core, log)
+        embeddings = catalogue[1]
         cores = {"default": core}
         if opts.ablations:
             cores |= {f"default: {n}": with_config(core, **ch) for n, ch in PREQUENTIAL_VARIANTS.items()}
