@@ -38,7 +38,6 @@ def batches(events: Sequence[tuple[Event, Item]], size: int) -> Iterator[Batch]:
 class PrequentialResult:
     models: dict[str, CategoryPredictions]
     cold: np.ndarray  # per scored event: the item's first interaction in the log
-    ts: np.ndarray  # per scored event: its time (for plots over time)
     n_users: int
 
 
@@ -116,8 +115,7 @@ def run_prequential(
         pred.truth, pred.user = truth, user
     for name, proba in _category_baselines(applied_ref, classes).items():
         models[name] = CategoryPredictions(classes, proba, truth, user)
-    ts = np.asarray([e.ts for e, _ in applied_ref])
-    return PrequentialResult(models, cold, ts, len(users))
+    return PrequentialResult(models, cold, len(users))
 
 
 # -- leave-one-out -------------------------------------------------------------------------------
@@ -148,9 +146,8 @@ def loo_split(log: EventLog) -> LooSplit:
 
 @dataclass
 class LooResult:
-    users: list[str]  # the evaluated users, in test order
     val: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # model -> per-user (val order)
-    test: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    test: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # model -> per-user (test order)
     cold: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # test item never learned before
 
 
@@ -189,7 +186,7 @@ def run_loo(
     for s in scorers:
         if hasattr(s, "fit"):
             s.fit(hist, split.val)
-    result = LooResult(users=[e.user_id for e, _ in split.test])
+    result = LooResult()
     result.val = _rank_all(scorers, split.val, hist)
     for batch in batches(split.val, batch_size):
         hist.learn(batch)

@@ -139,7 +139,6 @@ class CoreModel:
     ) -> None:
         self.name = name
         self.core = core
-        self.items = items
         self.item_emb = item_emb
         self.embeddings = embeddings
         self.states: dict[str, UserState] = {}

@@ -175,11 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
     if args.max_users is not None:
-        from evaluation.data import EventLog
-
-        keep = set(log.users[: args.max_users])
-        events = [p for p in log.events if p[0].user_id in keep]
-        log = EventLog(log.name, events, sorted({e.item_id for e, _ in events}, key=_item_key), log.rejected)
+        log = log.first_users(args.max_users)
     if not log.events:
         print("evaluate: no valid events to evaluate", file=sys.stderr)
         return 2
@@ -220,12 +216,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if ":" not in model:
                 print(f"  {protocol:11s} {model:16s} {key} {entry[key][0]:.4f}")
     return 0
-
-
-def _item_key(item_id: str) -> tuple[int, int | str]:
-    from evaluation.data import item_sort_key
-
-    return item_sort_key(item_id)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
