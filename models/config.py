@@ -21,9 +21,9 @@ class InterestConfig:
     weights: dict[str, float] = field(default_factory=lambda: {"click": 1.0, "cart": 3.0, "order": 5.0})
     """Event-type weights: a purchase says more about interest than a click."""
     dedup_window: int = 256
-    """How many recent event ids (by arrival) a user remembers, so a redelivered event is applied once.
-    Kafka redelivers the most recent uncommitted records, so this must cover at least one micro-batch
-    (the settings check ``dedup_window >= max_batch``); an id older than the window is applied again."""
+    """How many recent event ids (by arrival) a user remembers, so that a *producer-side* duplicate (the
+    same event sent twice, at two offsets) is applied once. Kafka's own redelivery after a crash does not
+    depend on it: each state records the input offsets it has applied (``models/interest.py``)."""
 
     # Fusion
     context_hash_dim: int = 32
@@ -35,6 +35,9 @@ class InterestConfig:
     learning_rate: float = 0.05
     l2: float = 1e-5
     top_k: int = 5
+    max_classes: int = 256
+    """The head learns at most this many categories (first come); later ones are ignored by it. At 425
+    features a replica is 1.7 KB per class, so 256 keeps it at ~0.45 MB, under Kafka's 1 MB record."""
 
     # Next-item ranker (models/ranker.py): what the user is likely to act on next
     history_len: int = 8
@@ -66,8 +69,8 @@ class InterestConfig:
             raise ValueError(f"weights lack event types {missing}")
         if self.tau_s <= 0:
             raise ValueError("tau_s must be positive")
-        if self.dedup_window < 1 or self.context_hash_dim < 1:
-            raise ValueError("dedup_window and context_hash_dim must be >= 1")
+        if self.dedup_window < 1 or self.context_hash_dim < 1 or self.max_classes < 1:
+            raise ValueError("dedup_window, context_hash_dim and max_classes must be >= 1")
         if self.history_len < 1 or self.transition_window < 1:
             raise ValueError("history_len and transition_window must be >= 1")
         if self.transition_window > self.history_len:

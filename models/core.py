@@ -6,19 +6,22 @@ in where states and heads are stored and where updates go.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from models.cache import CachedEncoder
-from models.config import InterestConfig
+from models.config import EVENT_TYPES, InterestConfig
 from models.events import Event, Item
 from models.fusion import feature_dim, fuse
 from models.head import SoftmaxHead
-from models.interest import UserState
+from models.interest import UserState, model_tag
 from models.ranker import NextItemRanker
+
+log = logging.getLogger("interest_stream.core")
 
 
 @dataclass
@@ -54,10 +57,13 @@ class InterestUpdate:
 @dataclass
 class BatchResult:
     updates: list[InterestUpdate]
-    states: dict[str, UserState]  # the states that changed, to write back
-    duplicates: int
+    states: dict[str, UserState]  # the states to write back (changed, or re-confirmed by a redelivery)
+    duplicates: int  # events whose id the user had already seen (producer-side duplicates)
     applied: list[tuple[Event, Item]]  # in the order they were applied (event time)
     predictions: list[np.ndarray]  # per applied event: the head's category probabilities before it
+    redelivered: int = 0  # events at or below their user's applied offset: already in the state
+    failed: list[tuple[Event, str]] = field(default_factory=list)  # events the core could not apply
+    rebased: int = 0  # states written by another encoder, restarted in this one's space
 
 
 class InterestCore:
@@ -65,13 +71,38 @@ class InterestCore:
         self.config = config
         self.encoder = encoder
         self.dim = encoder.dim
+        self.model_tag = model_tag(encoder.name)
         self.n_features = feature_dim(self.dim, config)
 
     def new_head(self) -> SoftmaxHead:
-        return SoftmaxHead(self.n_features, self.config.learning_rate, self.config.l2)
+        cfg = self.config
+        return SoftmaxHead(self.n_features, cfg.learning_rate, cfg.l2, cfg.max_classes)
+
+    def load_head(self, raw: bytes | None) -> SoftmaxHead:
+        """A stored head replica, or a new one when there is none or it was built for other features."""
+        if raw is None:
+            return self.new_head()
+        head = SoftmaxHead.from_bytes(raw)
+        if head.n_features != self.n_features:
+            log.warning("head replica has %d features, this model %d: starting a new head",
+                        head.n_features, self.n_features)  # fmt: skip
+            return self.new_head()
+        head.max_classes = self.config.max_classes
+        return head
 
     def new_state(self) -> UserState:
-        return UserState.empty(self.dim, self.config.dedup_window)
+        return UserState.empty(self.dim, self.config.dedup_window, self.model_tag)
+
+    def _load_state(self, stored: UserState | None) -> tuple[UserState, bool]:
+        """The stored state in this encoder's space (True when it had to be rebased), or a new one."""
+        if stored is None:
+            return self.new_state(), False
+        if stored.model == 0 and stored.dim == self.dim:
+            stored.model = self.model_tag  # format 2 had no tag: same dimension, taken as ours
+        if stored.dim != self.dim or stored.model != self.model_tag:
+            stored.rebase(self.dim, self.model_tag)
+            return stored, True
+        return stored, False
 
     def embed(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
         """Unit vectors keyed by encoder text; all cache misses of the batch go in one encoder call."""
@@ -90,37 +121,64 @@ class InterestCore:
         For each event: predict its categories from the state before it and learn (test-then-train),
         then move the user's interest state. ``states`` is read for users not yet loaded; changed states
         are returned, not written, so the caller owns storage. A ``ranker`` learns from each event too.
+
+        Events with an ``offset`` at or below the one their user's state has applied for that type are
+        redeliveries: skipped, but the user's state and update are returned again (as they are, same
+        version), because after a crash the first delivery's writes may never have left the worker. An
+        event the core cannot apply (an embedding of the wrong shape, say) is returned in ``failed`` and
+        the rest of the batch goes on.
         """
         cfg = self.config
-        changed: dict[str, UserState] = {}
-        last: dict[str, Event] = {}
-        duplicates = 0
-        applied = []
-        predictions = []
+        loaded: dict[str, UserState] = {}
+        applied_before: dict[str, np.ndarray] = {}  # offsets as stored, before this batch
+        moved: dict[str, Event] = {}  # user -> newest event applied in this batch
+        confirmed: dict[str, Event] = {}  # user -> newest redelivered event
+        result = BatchResult([], {}, 0, [], [])
         for event, item in sorted(events, key=lambda pair: (pair[0].ts, pair[0].event_id)):
-            state = changed.get(event.user_id)
+            user = event.user_id
+            state = loaded.get(user)
             if state is None:
-                state = states.get(event.user_id) or self.new_state()
-            if state.has_seen(event.event_id):
-                duplicates += 1
+                state, rebased = self._load_state(states.get(user))
+                result.rebased += rebased
+                loaded[user] = state
+                applied_before[user] = state.offsets.copy()
+            stored_offset = applied_before[user][EVENT_TYPES.index(event.type)]
+            if event.offset is not None and event.offset <= stored_offset:
+                result.redelivered += 1
+                confirmed[user] = event
                 continue
-            x = fuse(state, event.ts, event.context, cfg)
-            predictions.append(head.test_then_train(x, item.categories))
-            emb = embeddings[item.encoder_text]
+            if state.has_seen(event.event_id):
+                result.duplicates += 1
+                state.mark_offset(event.type, event.offset)
+                result.states[user] = state
+                continue
+            try:
+                emb = embeddings[item.encoder_text]
+                if emb.shape != (self.dim,) or not np.isfinite(emb).all():
+                    raise ValueError(f"embedding of shape {emb.shape} (finite: {np.isfinite(emb).all()}), "
+                                     f"expected ({self.dim},)")  # fmt: skip
+                x = fuse(state, event.ts, event.context, cfg)
+            except Exception as exc:  # noqa: BLE001 - one bad event must not sink its batch
+                result.failed.append((event, repr(exc)))
+                continue
+            result.predictions.append(head.test_then_train(x, item.categories))
             if ranker is not None:
                 ranker.learn(state.recent_items, event.item_id, emb)
-            state.add(event.event_id, event.ts, event.type, emb, cfg, event.item_id)
-            changed[event.user_id] = state
-            last[event.user_id] = event
-            applied.append((event, item))
-        updates = []
-        for user_id, state in changed.items():
-            state.version += 1
-            newest = last[user_id]
+            state.add(event.event_id, event.ts, event.type, emb, cfg, event.item_id, event.offset)
+            result.states[user] = state
+            moved[user] = event
+            result.applied.append((event, item))
+        for user in moved:
+            loaded[user].version += 1
+        for user, newest in {**confirmed, **moved}.items():
+            state = loaded[user]
+            if state.events_applied == 0:
+                continue
+            result.states[user] = state
             x = fuse(state, newest.ts, newest.context, cfg)
-            updates.append(
+            result.updates.append(
                 InterestUpdate(
-                    user_id=user_id,
+                    user_id=user,
                     version=state.version,
                     event_ts=state.t_ref,
                     embedding=state.embedding(),
@@ -130,4 +188,4 @@ class InterestCore:
                     last_event=newest,
                 )
             )
-        return BatchResult(updates, changed, duplicates, applied, predictions)
+        return result

@@ -55,6 +55,8 @@ class Event:
     type: str
     item: Item | None = None
     context: dict[str, str] = field(default_factory=dict)
+    offset: int | None = None
+    """Position in its input stream (the Kafka offset in its type's topic); None for file replays."""
 
 
 def _fail(reason: str, message: str) -> InvalidEvent:
@@ -130,11 +132,22 @@ def _context(obj: Any) -> dict[str, str]:
     return out
 
 
-def parse_event(raw: bytes, event_type: str, key: bytes | None = None) -> Event:
+def parse_event(
+    raw: bytes,
+    event_type: str,
+    key: bytes | None = None,
+    *,
+    offset: int | None = None,
+    require_key: bool = False,
+    latest_ts: float | None = None,
+) -> Event:
     """Decode and validate one event record; raise ``InvalidEvent`` with the first problem found.
 
-    ``key`` is the Kafka record key: when present it must equal ``user_id``, because the key decides the
-    partition and so which worker owns the user's state.
+    ``key`` is the Kafka record key: it must equal ``user_id``, because the key decides the partition and
+    so which worker owns the user's state; with ``require_key`` a record without one is rejected too (an
+    unkeyed record lands on any partition and would split the user's state). ``latest_ts`` is the latest
+    event time accepted: one far in the future would become the user's reference time and decay every
+    real event after it to nothing.
     """
     if event_type not in EVENT_TYPES:
         raise _fail("unknown_type", f"event type {event_type!r} is not one of {EVENT_TYPES}")
@@ -154,11 +167,15 @@ def parse_event(raw: bytes, event_type: str, key: bytes | None = None) -> Event:
     if "ts" not in obj:
         raise _fail("missing_field", "'ts' is required")
     ts = parse_ts(obj["ts"])
+    if latest_ts is not None and ts > latest_ts:
+        raise _fail("future_timestamp", f"'ts' {obj['ts']!r} is more than the allowed tolerance ahead of now")
     item = parse_item(obj["item"]) if obj.get("item") is not None else None
     context = _context(obj.get("context"))
+    if key is None and require_key:
+        raise _fail("missing_key", f"the record has no key; key it by user_id ({user_id!r})")
     if key is not None and key.decode("utf-8", "replace") != user_id:
         raise _fail("key_mismatch", f"record key {key[:64]!r} differs from user_id {user_id!r}")
-    return Event(event_id, user_id, item_id, ts, event_type, item, context)
+    return Event(event_id, user_id, item_id, ts, event_type, item, context, offset)
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

@@ -64,10 +64,16 @@ class PrequentialStats:
 
 
 class SoftmaxHead:
-    def __init__(self, n_features: int, learning_rate: float = 0.05, l2: float = 1e-5) -> None:
+    def __init__(
+        self, n_features: int, learning_rate: float = 0.05, l2: float = 1e-5, max_classes: int = 256
+    ) -> None:
         self.n_features = n_features
         self.learning_rate = learning_rate
         self.l2 = l2
+        self.max_classes = max_classes
+        """Categories past this many are not learned: the head's record (4 bytes x features per class)
+        must stay well below Kafka's 1 MB default record limit, and its cost per event grows with it."""
+        self.unlearned = 0  # events skipped because every category of theirs was past max_classes
         self.classes: list[str] = []
         self._index: dict[str, int] = {}
         self.W = np.zeros((0, n_features), np.float32)
@@ -76,7 +82,9 @@ class SoftmaxHead:
 
     # -- class set -------------------------------------------------------------------------------
     def add_classes(self, categories: tuple[str, ...] | list[str]) -> None:
+        """Add unseen categories, up to ``max_classes`` in all; later ones are left out."""
         new = [c for c in dict.fromkeys(categories) if c not in self._index]
+        new = new[: max(self.max_classes - len(self.classes), 0)]
         if not new:
             return
         for c in new:
@@ -115,6 +123,10 @@ class SoftmaxHead:
     def learn_one(self, x: np.ndarray, categories: tuple[str, ...] | list[str]) -> float:
         """One SGD step on (x, categories); returns the cross-entropy before the step."""
         self.add_classes(categories)
+        categories = [c for c in categories if c in self._index]
+        if not categories:
+            self.unlearned += 1
+            return 0.0
         p = self.predict_proba(x)
         y = self._target(categories)
         self._step(x, p, y)
@@ -128,6 +140,10 @@ class SoftmaxHead:
         if not categories:
             return self.predict_proba(x)
         self.add_classes(categories)
+        categories = tuple(c for c in categories if c in self._index)
+        if not categories:  # all past max_classes
+            self.unlearned += 1
+            return self.predict_proba(x)
         p = self.predict_proba(x)
         true = [self._index[c] for c in categories]
         ranked = np.argsort(-p, kind="stable")
@@ -141,20 +157,29 @@ class SoftmaxHead:
     # -- replicas --------------------------------------------------------------------------------
     @classmethod
     def merge(cls, heads: list[SoftmaxHead]) -> SoftmaxHead:
-        """Average replicas (weights by examples seen), aligning classes by name."""
+        """Average replicas (weights by examples seen), aligning classes by name.
+
+        Each class row is averaged over the replicas that have that class, with their weights
+        renormalised for that row: a class one replica has not met yet is not pulled toward zero.
+        """
         if not heads:
             raise ValueError("nothing to merge")
         first = heads[0]
-        out = cls(first.n_features, first.learning_rate, first.l2)
+        out = cls(first.n_features, first.learning_rate, first.l2, first.max_classes)
         for h in heads:
             out.add_classes(h.classes)
-        total = sum(max(h.stats.n, 1) for h in heads)
+        row_weight = np.zeros(len(out.classes), np.float64)
         for h in heads:
-            w = np.float32(max(h.stats.n, 1) / total)
-            rows = [out._index[c] for c in h.classes]
-            out.W[rows] += w * h.W
-            out.b[rows] += w * h.b
+            w = max(h.stats.n, 1)
+            rows = [out._index[c] for c in h.classes if c in out._index]
+            kept = [i for i, c in enumerate(h.classes) if c in out._index]
+            out.W[rows] += np.float32(w) * h.W[kept]
+            out.b[rows] += np.float32(w) * h.b[kept]
+            row_weight[rows] += w
             out.stats += h.stats
+        scale = (1.0 / np.maximum(row_weight, 1e-12)).astype(np.float32)
+        out.W *= scale[:, None]
+        out.b *= scale
         return out
 
     # -- persistence -----------------------------------------------------------------------------
@@ -163,6 +188,8 @@ class SoftmaxHead:
             "n_features": self.n_features,
             "learning_rate": self.learning_rate,
             "l2": self.l2,
+            "max_classes": self.max_classes,
+            "unlearned": self.unlearned,
             "classes": self.classes,
             "stats": self.stats.__dict__,
         }
@@ -174,7 +201,8 @@ class SoftmaxHead:
     def from_bytes(cls, raw: bytes) -> SoftmaxHead:
         with np.load(io.BytesIO(raw)) as z:
             meta = json.loads(z["meta"].tobytes())
-            head = cls(meta["n_features"], meta["learning_rate"], meta["l2"])
+            head = cls(meta["n_features"], meta["learning_rate"], meta["l2"], meta.get("max_classes", 256))
+            head.unlearned = meta.get("unlearned", 0)
             head.classes = list(meta["classes"])
             head._index = {c: i for i, c in enumerate(head.classes)}
             head.W = z["W"].astype(np.float32)

@@ -8,12 +8,19 @@ applied. Either way the result is the same function of the *set* of events, so K
 delivery does not change it, and an ``event_id`` already in the recent-id window is ignored, so
 at-least-once redelivery does not either. The per-type counts follow the same rule with e_i = 1.
 
-The state also keeps the item ids of the user's last ``history_len`` events (in arrival order): the
-query of the next-item ranker (``models/ranker.py``).
+Exactly once under redelivery: the state records, per event type (each type has its own input topic,
+and all of a user's records sit in one partition of each), the highest input offset it has applied. A
+record at or below that offset is a redelivery of something already in the sum: the driver skips it
+without any bounded window (``InterestCore.apply``). The recent-id window remains for *producer-side*
+duplicates, which arrive at new offsets.
 
-Stored size per user (``to_bytes``): 32-byte header + 4*dim (vector) + 12 (counts) + 8*window (id hashes)
-+ the recent item ids (2 + len bytes each); all-MiniLM (384-d), the default window of 256 and eight
-MovieLens ids of up to 6 digits: 3,628 + at most 64 bytes.
+The state also keeps the item ids of the user's last ``history_len`` events (in arrival order): the
+query of the next-item ranker (``models/ranker.py``), and a 64-bit tag of the encoder that wrote the
+vector, so a state from another model is recognised instead of being mixed into a different space.
+
+Stored size per user (``to_bytes``): 32-byte header + 8 (model tag) + 4*dim (vector) + 12 (counts) +
+24 (offsets) + 8*window (id hashes) + the recent item ids (2 + len bytes each); all-MiniLM (384-d), the
+default window of 256 and eight MovieLens ids of up to 6 digits: 3,660 + at most 64 bytes.
 """
 
 from __future__ import annotations
@@ -28,12 +35,18 @@ import numpy as np
 from models.config import EVENT_TYPES, InterestConfig
 
 _HEADER = struct.Struct("<BxHIIIdQ")  # format, dim, window, n_ids, events_applied, t_ref, version
-_FORMAT = 2  # 1: no recent items
+_FORMAT = 3  # 1: no recent items; 2: no model tag, no offsets
+NO_OFFSET = -1
 
 
 def id_hash(event_id: str) -> int:
     """64-bit hash of an event id: the dedup window stores these, not the (longer) ids."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+def model_tag(model_name: str) -> int:
+    """64-bit tag of an encoder name (which carries its weights hash), stored with every state."""
+    return id_hash(model_name)
 
 
 @dataclass
@@ -47,10 +60,37 @@ class UserState:
     version: int = 0
     recent_ids: list[int] = field(default_factory=list)  # oldest first, at most `window`
     recent_items: list[str] = field(default_factory=list)  # oldest first, at most cfg.history_len
+    offsets: np.ndarray = field(default_factory=lambda: np.full(len(EVENT_TYPES), NO_OFFSET, np.int64))
+    """Per event type: the highest input offset applied (``NO_OFFSET``: none, or not from Kafka)."""
+    model: int = 0
+    """``model_tag`` of the encoder whose vectors are summed in ``vec`` (0: unknown, a format-2 state)."""
 
     @classmethod
-    def empty(cls, dim: int, window: int) -> UserState:
-        return cls(dim, window, np.zeros(dim, np.float32), np.zeros(len(EVENT_TYPES), np.float32))
+    def empty(cls, dim: int, window: int, model: int = 0) -> UserState:
+        state = cls(dim, window, np.zeros(dim, np.float32), np.zeros(len(EVENT_TYPES), np.float32))
+        state.model = model
+        return state
+
+    def applied_offset(self, event_type: str) -> int:
+        return int(self.offsets[EVENT_TYPES.index(event_type)])
+
+    def mark_offset(self, event_type: str, offset: int | None) -> None:
+        """Record that the input record at ``offset`` (of this type's topic) has been handled."""
+        if offset is not None:
+            i = EVENT_TYPES.index(event_type)
+            self.offsets[i] = max(int(self.offsets[i]), offset)
+
+    def rebase(self, dim: int, model: int) -> None:
+        """Start the vector over in another encoder's space, keeping what identifies the events seen.
+
+        Vectors of two encoders cannot be mixed (or, with another dimension, even added). The new model's
+        sum starts empty; ``version``, ``events_applied``, offsets and the id window stay, so versions
+        keep increasing and nothing already applied is applied again.
+        """
+        self.dim = dim
+        self.model = model
+        self.vec = np.zeros(dim, np.float32)
+        self.counts = np.zeros(len(EVENT_TYPES), np.float32)
 
     def has_seen(self, event_id: str) -> bool:
         return id_hash(event_id) in self.recent_ids
@@ -63,11 +103,14 @@ class UserState:
         emb: np.ndarray,
         cfg: InterestConfig,
         item_id: str | None = None,
+        offset: int | None = None,
     ) -> bool:
         """Apply one event; return False (and change nothing) if its id is in the recent window."""
         h = id_hash(event_id)
         if h in self.recent_ids:
             return False
+        self.window = cfg.dedup_window  # the configured window, also for states stored with another
+        self.mark_offset(event_type, offset)
         weight = cfg.weight(event_type)
         if ts >= self.t_ref:
             # Move the reference time forward: decay what we had to the new event's time.
@@ -81,8 +124,7 @@ class UserState:
         self.vec += np.float32(factor) * emb
         self.counts[EVENT_TYPES.index(event_type)] += np.float32(factor / weight)
         self.recent_ids.append(h)
-        if len(self.recent_ids) > self.window:
-            del self.recent_ids[0]
+        del self.recent_ids[: -self.window]
         if item_id is not None:
             self.recent_items.append(item_id)
             del self.recent_items[: -cfg.history_len]
@@ -107,18 +149,27 @@ class UserState:
             _FORMAT, self.dim, self.window, len(ids), self.events_applied, t_ref, self.version
         )
         items = b"".join(struct.pack("<H", len(raw)) + raw for raw in (i.encode() for i in self.recent_items))
-        return header + self.vec.tobytes() + self.counts.tobytes() + ids.tobytes() + items
+        return b"".join([header, struct.pack("<Q", self.model), self.vec.tobytes(), self.counts.tobytes(),
+                         self.offsets.astype(np.int64).tobytes(), ids.tobytes(), items])  # fmt: skip
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         fmt, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
-        if fmt not in (1, _FORMAT):  # format 1 is format 2 without the recent items
+        if fmt not in (1, 2, _FORMAT):  # 1 = 2 without recent items; 3 = 2 + model tag and offsets
             raise ValueError(f"unknown user-state format {fmt}")
         off = _HEADER.size
+        model = 0
+        if fmt >= 3:
+            (model,) = struct.unpack_from("<Q", raw, off)
+            off += 8
         vec = np.frombuffer(raw, np.float32, dim, off).copy()
         off += 4 * dim
         counts = np.frombuffer(raw, np.float32, len(EVENT_TYPES), off).copy()
         off += 4 * len(EVENT_TYPES)
+        offsets = np.full(len(EVENT_TYPES), NO_OFFSET, np.int64)
+        if fmt >= 3:
+            offsets = np.frombuffer(raw, np.int64, len(EVENT_TYPES), off).copy()
+            off += 8 * len(EVENT_TYPES)
         ids = np.frombuffer(raw, np.uint64, n_ids, off).tolist()
         off += 8 * n_ids
         items = []
@@ -128,4 +179,6 @@ class UserState:
             off += 2 + n
         state = cls(dim, window, vec, counts, t_ref if applied else -math.inf, applied, version, ids)
         state.recent_items = items
+        state.offsets = offsets
+        state.model = model
         return state

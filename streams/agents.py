@@ -19,14 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust.streams
+import faust.types
+import numpy as np
+from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT
 
 from models.core import InterestCore
 from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
-from models.head import PrequentialStats, SoftmaxHead
+from models.head import PrequentialStats
 from models.interest import UserState
 from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
 from streams.catalog import Catalog
+from streams.checkpoint import TP, OffsetLedger, Verdict
+from streams.checkpoint import install as install_checkpoint
 from streams.settings import build_core
 from streams.topics import ensure_topics
 
@@ -39,16 +44,18 @@ class Counters:
     events: int = 0
     applied: int = 0
     duplicates: int = 0
+    redelivered: int = 0
     dead_lettered: int = 0
     updates: int = 0
     batches: int = 0
+    failed_batches: int = 0
     first_update_s: float | None = None
     prequential: PrequentialStats = field(default_factory=PrequentialStats)
     """Test-then-train scores of this worker's heads since it started."""
 
 
 counters = Counters()
-
+ledger = OffsetLedger()
 
 _core: InterestCore | None = None
 
@@ -63,12 +70,13 @@ def load_core() -> InterestCore:
 
 
 @contextmanager
-def changelog_partition_of(event: EventT) -> Iterator[None]:
-    """Make table writes go to ``event``'s partition.
+def partition_of(event: EventT) -> Iterator[None]:
+    """Make table reads *and* writes go to ``event``'s partition.
 
-    Faust picks a table write's changelog partition from the *current event*. Inside ``take_events`` that
-    is whichever record arrived last, which may belong to another partition; a user's state written
-    there would be restored by the wrong worker after a rebalance. So we bind the right event.
+    faust picks the partition of a table read or write from the *current event*. Inside ``take_events``
+    that is whichever record arrived last, which may belong to another partition: a state read there is
+    not found (and the user would start over), a state written there would be restored by the wrong
+    worker after a rebalance. So the right event is bound around both.
     """
     token = faust.streams._current_event.set(weakref.ref(event))
     try:
@@ -118,14 +126,35 @@ async def dead_letter(event: EventT, reason: str, message: str) -> None:
     log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, message)
 
 
-async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
-    by_partition: dict[int, list[tuple[EventT, Event, Item]]] = defaultdict(list)
+def _partition_for(key: bytes) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives ``key``: the one the user lives on."""
+    return (murmur2(key) & 0x7FFFFFFF) % settings.partitions
+
+
+def decode(record: EventT) -> Event:
+    """Parse and check one record; ``InvalidEvent`` says why it is rejected."""
+    msg = record.message
+    event = parse_event(record.value, settings.event_topics[msg.topic], msg.key, offset=msg.offset,
+                        require_key=settings.strict_partitioning,
+                        latest_ts=time.time() + settings.max_future_s)  # fmt: skip
+    if settings.strict_partitioning and _partition_for(msg.key) != msg.partition:
+        raise InvalidEvent(
+            "wrong_partition",
+            f"key {msg.key[:64]!r} belongs on partition {_partition_for(msg.key)} under Kafka's default "
+            f"(murmur2) partitioner, not {msg.partition}; all of a user's events must share one "
+            "partition (librdkafka clients: partitioner=murmur2_random)",
+        )
+    return event
+
+
+async def resolve_all(records: Sequence[EventT]) -> list[tuple[EventT, Event, Item]]:
+    """Decode records and find their items; invalid ones go to the DLQ."""
+    out = []
     waited = False
-    for record in batch:
-        msg = record.message
+    for record in records:
         counters.events += 1
         try:
-            event = parse_event(record.value, settings.event_topics[msg.topic], msg.key)
+            event = decode(record)
             try:
                 item = resolve(event)
             except InvalidEvent:
@@ -141,28 +170,107 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         except Exception as exc:  # noqa: BLE001 - no input may crash the worker
             await dead_letter(record, "internal_error", repr(exc))
             continue
-        by_partition[msg.partition].append((record, event, item))
-    if not by_partition:
-        return
-    items = [item for group in by_partition.values() for _, _, item in group]
-    embeddings = await asyncio.get_running_loop().run_in_executor(None, core.embed, items)
-    states = TableStates()
-    for partition, group in by_partition.items():
-        head_key = str(partition).encode()
-        raw_head = heads.get(head_key)
-        head = SoftmaxHead.from_bytes(raw_head) if raw_head is not None else core.new_head()
+        out.append((record, event, item))
+    return out
+
+
+async def embed_all(core: InterestCore, items: list[Item]) -> dict[str, np.ndarray]:
+    """Embeddings of the batch's texts in one encoder call; if that call fails, one text at a time, so
+    a text the encoder cannot take costs only its own events (``apply`` fails them: no embedding)."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, core.embed, items)
+    except Exception:  # noqa: BLE001 - isolate the failing text below
+        log.exception("encoding %d texts failed; encoding them one by one", len(items))
+    out: dict[str, np.ndarray] = {}
+    for item in {i.encoder_text: i for i in items}.values():
+        try:
+            out.update(await loop.run_in_executor(None, core.embed, [item]))
+        except Exception as exc:  # noqa: BLE001
+            log.error("cannot encode %r: %r", item.encoder_text[:80], exc)
+    return out
+
+
+async def apply_partition(
+    core: InterestCore, partition: int, group: list[tuple[EventT, Event, Item]], embeddings: dict
+) -> None:
+    """Apply one partition's events, then write its states and head and publish its updates.
+
+    Reads and writes are bound to that partition (``partition_of``). Nothing here commits: the records'
+    offsets become committable when the whole batch is done (``streams.checkpoint``).
+    """
+    head_key = str(partition).encode()
+    source = {id(event): record for record, event, _ in group}
+    with partition_of(group[0][0]):
+        head = core.load_head(heads.get(head_key))
         scored_before = dataclasses.replace(head.stats)  # a copy: apply() updates it in place
-        result = core.apply([(e, i) for _, e, i in group], embeddings, states, head)
-        counters.prequential += head.stats - scored_before
-        with changelog_partition_of(group[0][0]):
-            for user_id, state in result.states.items():
-                user_states[user_id.encode()] = state.to_bytes()
-            heads[head_key] = head.to_bytes()
-        for update in result.updates:
-            await updates_topic.send(key=update.user_id.encode(), value=json.dumps(update.to_json()).encode())
-        counters.applied += len(result.applied)
-        counters.duplicates += result.duplicates
-        counters.updates += len(result.updates)
+        result = core.apply([(e, i) for _, e, i in group], embeddings, TableStates(), head)
+        for user_id, state in result.states.items():
+            user_states[user_id.encode()] = state.to_bytes()
+        heads[head_key] = head.to_bytes()
+    counters.prequential += head.stats - scored_before
+    for event, why in result.failed:
+        await dead_letter(source[id(event)], "internal_error", f"the core could not apply it: {why}")
+    for update in result.updates:
+        await updates_topic.send(key=update.user_id.encode(), value=json.dumps(update.to_json()).encode())
+    if result.rebased:
+        log.warning("%d user states were written by another encoder; restarted in %s's space",
+                    result.rebased, core.encoder.name)  # fmt: skip
+    counters.applied += len(result.applied)
+    counters.duplicates += result.duplicates
+    counters.redelivered += result.redelivered
+    counters.updates += len(result.updates)
+
+
+def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
+    """The records of ``batch`` to process, in order; where partitions with a gap must seek back."""
+    records, seeks = [], {}
+    for record in batch:
+        msg = record.message
+        tp = TP(msg.topic, msg.partition)
+        if tp in seeks:
+            continue  # the rest of that partition comes again after the seek
+        verdict = ledger.admit(tp, msg.offset)
+        if verdict is Verdict.PROCESS:
+            records.append(record)
+        elif verdict is Verdict.SEEK:
+            seeks[tp] = ledger.read_offset(tp)
+    return records, seeks
+
+
+async def seek(offsets: dict[TP, int]) -> None:
+    for tp, offset in offsets.items():
+        await app.consumer.seek(faust.types.TP(tp.topic, tp.partition), offset)
+
+
+async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
+    generation = ledger.generation
+    records, seeks = admit(batch)
+    await seek(seeks)
+    first: dict[TP, int] = {}
+    last: dict[TP, int] = {}
+    for record in records:
+        tp = TP(record.message.topic, record.message.partition)
+        first.setdefault(tp, record.message.offset)
+        last[tp] = record.message.offset
+    try:
+        valid = await resolve_all(records)
+        by_partition: dict[int, list[tuple[EventT, Event, Item]]] = defaultdict(list)
+        for entry in valid:
+            by_partition[entry[0].message.partition].append(entry)
+        if by_partition:
+            embeddings = await embed_all(core, [item for _, _, item in valid])
+            for partition, group in by_partition.items():
+                await apply_partition(core, partition, group, embeddings)
+    except Exception:
+        # Not input (that goes to the DLQ): the broker, the store. Nothing of this batch is committed;
+        # read it again from what is done (its users' offsets make the replay exact).
+        counters.failed_batches += 1
+        log.exception("batch of %d records failed; it will be read again", len(records))
+        await seek(ledger.failed(first, generation))
+        await asyncio.sleep(min(2.0 ** min(counters.failed_batches, 5) * 0.1, 3.0))
+        return
+    ledger.done(last, generation)
     if counters.first_update_s is None and counters.updates:
         counters.first_update_s = time.monotonic() - counters.started
         log.info("first interest update %.2fs after the worker started", counters.first_update_s)
@@ -173,15 +281,16 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
 async def interest_agent(stream: StreamT) -> None:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, ensure_topics, settings)  # outputs must exist before we send
+    install_checkpoint(app, ledger, settings.event_topics)
     core = await loop.run_in_executor(None, load_core)
-    if not await catalog.wait_caught_up(settings.catalog_wait_s * 20):
-        log.warning("catalog not loaded yet; events for unknown items may be dead-lettered")
+    # Events that name catalog items must not be dead-lettered as unknown while the catalog loads.
+    while not await catalog.wait_caught_up(10.0):
+        log.warning("waiting for the item catalog to load (%d items so far)", catalog.loaded)
     log.info("encoder %s ready (dim %d); batches of %d within %.2fs",
              core.encoder.name, core.dim, settings.max_batch, settings.max_wait_s)  # fmt: skip
     async for batch in stream.take_events(settings.max_batch, within=settings.max_wait_s):
-        # take_events acks the whole batch when this loop is left, also when the agent is cancelled
-        # (shutdown, rebalance) halfway through it: finish the batch first, or its events are
-        # committed without ever being applied.
+        # Finish a started batch even if the agent is cancelled (shutdown, rebalance), so its effects
+        # and the ledger agree; what is committed is decided by the ledger, not by take_events' acks.
         work = asyncio.ensure_future(process_batch(core, batch))
         try:
             await asyncio.shield(work)
@@ -190,14 +299,56 @@ async def interest_agent(stream: StreamT) -> None:
             raise
 
 
+STALL_S = 30.0
+
+
+def lag() -> int:
+    """Input records not yet done on this worker's partitions (by the consumer's high-water marks)."""
+    return ledger.lag({tp: app.consumer.highwater(faust.types.TP(*tp)) for tp in ledger.partitions()})
+
+
+def health() -> dict:
+    """What ``/ready`` and the periodic log line report."""
+    behind = lag()
+    idle_s = time.monotonic() - ledger.progressed_at
+    stalled = behind > 0 and idle_s > STALL_S
+    return {
+        "ready": catalog.caught_up() and _core is not None and not stalled,
+        "catalog_loaded": catalog.caught_up(),
+        "partitions": len(ledger.partitions()),
+        "lag": behind,
+        "stalled": stalled,
+        "seconds_since_progress": round(idle_s, 1),
+        "events": counters.events,
+        "applied": counters.applied,
+        "dead_lettered": counters.dead_lettered,
+        "failed_batches": counters.failed_batches,
+    }
+
+
+@app.page("/health")
+async def health_page(web, request):  # noqa: ANN001, ANN201 - faust's view signature
+    return web.json({"status": "up"})
+
+
+@app.page("/ready")
+async def ready_page(web, request):  # noqa: ANN001, ANN201
+    state = health()
+    return web.json(state, status=200 if state["ready"] else 503)
+
+
 @app.timer(interval=10.0)
 async def report() -> None:
     elapsed = time.monotonic() - counters.started
     p = counters.prequential.as_dict()
+    state = health()
     log.info(
-        "events=%d applied=%d duplicates=%d dlq=%d updates=%d batches=%d (%.0f events/s since start) "
-        "prequential n=%d hit@1=%.3f hit@5=%.3f log_loss=%.3f",
-        counters.events, counters.applied, counters.duplicates, counters.dead_lettered,
-        counters.updates, counters.batches, counters.events / max(elapsed, 1e-9),
-        p["n"], p["hit@1"], p["hit@5"], p["log_loss"],
+        "events=%d applied=%d duplicates=%d redelivered=%d dlq=%d updates=%d batches=%d lag=%d "
+        "(%.0f events/s since start) prequential n=%d hit@1=%.3f hit@5=%.3f log_loss=%.3f",
+        counters.events, counters.applied, counters.duplicates, counters.redelivered,
+        counters.dead_lettered, counters.updates, counters.batches, state["lag"],
+        counters.events / max(elapsed, 1e-9), p["n"], p["hit@1"], p["hit@5"], p["log_loss"],
     )  # fmt: skip
+    if state["stalled"]:
+        log.warning("consumer stalled: %d records behind and nothing done for %.0fs",
+                    state["lag"], state["seconds_since_progress"])  # fmt: skip

@@ -36,6 +36,11 @@ app = faust.App(
     autodiscover=False,
     key_serializer="raw",
     value_serializer="raw",
+    # What gets committed is decided by streams.checkpoint (offsets whose effects are durable).
+    consumer_group_instance_id=settings.group_instance_id,
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=max(settings.session_timeout_s / 5, 1.0),
+    consumer_max_fetch_size=settings.max_fetch_bytes,
 )
 
 # internal=True: faust creates the topics (with these partitions) when they are missing, so

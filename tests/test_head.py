@@ -73,8 +73,22 @@ def test_round_trip_and_merge_align_classes_by_name():
     assert back.classes == a.classes and back.stats.n == 1
     m = SoftmaxHead.merge([a, b])
     assert m.classes == ["x", "y", "z"]
-    np.testing.assert_allclose(m.W[:, 0], [0.25 * 1, 0.25 * 2 + 0.75 * 4, 0.75 * 6])
+    # y is in both replicas (weights 1:3); x and z are each in one, so that one replica decides their row
+    # alone instead of being pulled toward the zero row the other never had.
+    np.testing.assert_allclose(m.W[:, 0], [1, 0.25 * 2 + 0.75 * 4, 6])
     assert m.stats.n == 4
+
+
+def test_class_set_is_bounded_and_past_the_bound_nothing_is_learned():
+    head = SoftmaxHead(3, max_classes=2)
+    x = np.ones(3, np.float32)
+    head.test_then_train(x, ("a",))
+    head.test_then_train(x, ("b", "c"))  # c does not fit: trained on b alone
+    p = head.test_then_train(x, ("d",))  # nothing fits: predicted, not learned
+    assert head.classes == ["a", "b"] and head.W.shape == (2, 3)
+    assert head.stats.n == 2 and head.unlearned == 1 and p.shape == (2,)
+    back = SoftmaxHead.from_bytes(head.to_bytes())
+    assert back.max_classes == 2 and back.unlearned == 1
 
 
 def test_sgd_step_is_the_checked_gradient():

@@ -81,12 +81,34 @@ def test_applying_an_event_twice_changes_nothing(evts, data):
     assert twice.events_applied == len(evts)
 
 
-def test_dedup_memory_is_bounded():
+def test_dedup_memory_is_bounded_by_the_configured_window_also_for_stored_states():
+    small = InterestConfig(dedup_window=4)
     s = UserState.empty(DIM, 4)
     for i in range(10):
-        s.add(f"e{i}", 1e9 + i, "click", unit(i), CFG)
+        s.add(f"e{i}", 1e9 + i, "click", unit(i), small)
     assert len(s.recent_ids) == 4
     assert s.has_seen("e9") and not s.has_seen("e0")
+    # Raising the setting reaches a state stored with the smaller window.
+    back = UserState.from_bytes(s.to_bytes())
+    for i in range(10, 20):
+        back.add(f"e{i}", 1e9 + i, "click", unit(i), InterestConfig(dedup_window=8))
+    assert back.window == 8 and len(back.recent_ids) == 8
+
+
+def test_offsets_and_model_tag_round_trip_and_older_formats_load():
+    s = UserState.empty(DIM, 16, model=12345)
+    s.add("a", 1e9, "cart", unit(1), CFG, "i1", offset=41)
+    s.add("b", 1e9 + 1, "cart", unit(2), CFG, "i2", offset=7)  # a lower offset never moves it back
+    s.add("c", 1e9 + 2, "order", unit(3), CFG, "i3", offset=3)
+    back = UserState.from_bytes(s.to_bytes())
+    assert back.model == 12345
+    assert [back.applied_offset(t) for t in ("click", "cart", "order")] == [-1, 41, 3]
+    # A format-2 record (no tag, no offsets) still loads, with no offsets applied.
+    raw = s.to_bytes()
+    v2 = bytes([2]) + raw[1:32] + raw[40 : 40 + 4 * DIM + 12] + raw[40 + 4 * DIM + 12 + 24 :]
+    old = UserState.from_bytes(v2)
+    np.testing.assert_array_equal(old.vec, s.vec)
+    assert old.model == 0 and old.applied_offset("cart") == -1 and old.recent_items == ["i1", "i2", "i3"]
 
 
 def test_state_round_trips_through_bytes_within_the_budget():
@@ -98,9 +120,9 @@ def test_state_round_trips_through_bytes_within_the_budget():
     assert (back.t_ref, back.version, back.events_applied, back.recent_ids) == (
         s.t_ref, 7, 200, s.recent_ids,
     )  # fmt: skip
-    assert len(raw) == 32 + 4 * DIM + 12 + 8 * 64
+    assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200  # CFG's window (256) holds all 200 ids
     # all-MiniLM (384-d) with the default window: the budget the README states.
     full = UserState.empty(384, CFG.dedup_window)
     for i in range(300):
         full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG)
-    assert len(full.to_bytes()) == 3628
+    assert len(full.to_bytes()) == 3660

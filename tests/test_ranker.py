@@ -60,8 +60,10 @@ def test_state_keeps_recent_items_and_reads_format_1():
     assert s.recent_items == [f"item-{k}" for k in range(4, 12)]  # history_len = 8
     back = UserState.from_bytes(s.to_bytes())
     assert back.recent_items == s.recent_items and back.recent_ids == s.recent_ids
-    old = bytearray(s.to_bytes())
-    old[0] = 1  # a format-1 record: same layout without the item list
+    raw = s.to_bytes()
+    # A format-1 record: header, vector, counts, ids; no model tag, offsets or item list.
+    old = bytearray(raw[:32] + raw[40 : 40 + 4 * DIM + 12] + raw[40 + 4 * DIM + 12 + 24 :])
+    old[0] = 1
     cut = len(old) - sum(2 + len(i) for i in s.recent_items)
     v1 = UserState.from_bytes(bytes(old[:cut]))
     assert v1.recent_items == [] and v1.events_applied == 12

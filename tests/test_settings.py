@@ -32,7 +32,8 @@ def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
     [
         ({"INTEREST_CART_TOPIC": "click"}, "must differ"),
         ({"INTEREST_DEVICE": "tpu"}, "device"),
-        ({"INTEREST_MAX_BATCH": "1000"}, "dedup_window"),
+        ({"INTEREST_SESSION_TIMEOUT_S": "2"}, "session_timeout_s"),
+        ({"INTEREST_MAX_CLASSES": "0"}, "max_classes"),
         ({"INTEREST_WEIGHTS": "click=1"}, "weights lack"),
         ({"INTEREST_TAU_S": "0"}, "tau_s"),
         ({"INTEREST_ENVIRONMENT_FEATURES": "maybe"}, "boolean"),
@@ -42,3 +43,11 @@ def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
 def test_invalid_settings_fail_with_a_clear_message(env, message):
     with pytest.raises(ValueError, match=message):
         Settings.load(env)
+
+
+def test_each_state_dir_is_its_own_static_group_member():
+    a = Settings.load({"INTEREST_STATE_DIR": "/tmp/w1"})
+    b = Settings.load({"INTEREST_STATE_DIR": "/tmp/w2"})
+    assert a.group_instance_id != b.group_instance_id
+    assert a.group_instance_id == Settings.load({"INTEREST_STATE_DIR": "/tmp/w1"}).group_instance_id
+    assert Settings.load({"INTEREST_INSTANCE_ID": "w-7"}).group_instance_id == "w-7"

@@ -1,0 +1,179 @@
+"""What the worker commits: only input offsets whose effects are already durable in Kafka.
+
+faust commits what its streams *acked*, and an ack is not proof of work: ``take_events`` acks a whole batch
+when the agent's loop moves on, also when processing it failed, and faust acks records it dropped around a
+rebalance (see ``Consumer._new_offset`` and the fetch loop in faust-streaming 0.15.3). Committing those
+offsets loses events. So the worker keeps its own ledger and faust's commit commits the ledger, never the
+acks.
+
+A commit, whoever triggers it (faust's commit timer, ``broker_commit_every``, shutdown), goes:
+
+1. per input partition, the ledger names the offset after the last record that a *finished* batch
+   handled (applied, recognised as already applied, or dead-lettered);
+2. faust flushes the producer, so those batches' changelog records (user states, heads), their
+   interest updates and their dead letters are acknowledged by the broker;
+3. the offsets are committed (never one that goes backwards).
+
+Recovery therefore restarts from a point whose effects are all in Kafka. What is redelivered past it is
+recognised exactly: each user state records the input offsets it has applied (``models/interest.py``).
+
+The ledger also keeps each partition's records in offset order for the core. Offsets arrive in order
+within a partition; a jump ("gap") means records were skipped on the way (faust drops fetched records
+when a rebalance starts) or simply do not exist (transaction markers). Either way the worker seeks back
+to the first missing offset and drops later records until the re-fetch arrives: if the re-fetch starts
+past the gap, the gap was real and is accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, NamedTuple
+
+log = logging.getLogger("interest_stream.checkpoint")
+
+
+class TP(NamedTuple):
+    """Same shape as faust's ``TP``, so either can be used as a key."""
+
+    topic: str
+    partition: int
+
+
+class Verdict(Enum):
+    PROCESS = "process"  # the next record of its partition
+    SEEN = "seen"  # below the handled prefix: handled already in this assignment
+    SEEK = "seek"  # a gap: seek the partition back to ``Ledger.read_offset(tp)`` and drop the record
+    HOLD = "hold"  # after a gap, a record fetched before the seek: dropped, it will come again
+
+
+@dataclass
+class _Rewind:
+    expected: int  # the first offset not yet read
+    refetch_bound: int  # a record at or below this offset can only come from the re-fetch
+
+
+class OffsetLedger:
+    """Per input partition: how far records have been read into batches, and how far they are done."""
+
+    def __init__(self) -> None:
+        self._read: dict[TP, int] = {}  # next offset to admit
+        self._done: dict[TP, int] = {}  # next offset after what finished batches handled
+        self._committed: dict[TP, int] = {}
+        self._rewind: dict[TP, _Rewind] = {}
+        self.generation = 0
+        self.gaps = 0  # seeks made for gaps and failed batches
+        self.progressed_at = time.monotonic()
+
+    # -- admission: called for each record, in the order the stream delivers them -----------------
+    def admit(self, tp: TP, offset: int) -> Verdict:
+        read = self._read.get(tp)
+        if read is None:  # first record of this partition in this assignment: faust sought it here
+            self._read[tp] = offset + 1
+            self._done.setdefault(tp, offset)
+            return Verdict.PROCESS
+        if offset < read:
+            return Verdict.SEEN
+        rewind = self._rewind.get(tp)
+        if offset == read or (rewind is not None and offset <= rewind.refetch_bound):
+            if offset != read:
+                log.info("offsets %s..%s of %s do not exist (e.g. transaction markers); accepted",
+                         read, offset - 1, tp)  # fmt: skip
+            self._rewind.pop(tp, None)
+            self._read[tp] = offset + 1
+            return Verdict.PROCESS
+        if rewind is not None:
+            return Verdict.HOLD
+        self._rewind[tp] = _Rewind(read, offset)
+        self.gaps += 1
+        log.warning("gap in %s: expected offset %d, got %d; seeking back", tp, read, offset)
+        return Verdict.SEEK
+
+    def read_offset(self, tp: TP) -> int:
+        return self._read[tp]
+
+    # -- completion --------------------------------------------------------------------------------
+    def done(self, last: Mapping[TP, int], generation: int) -> None:
+        """A batch finished: ``last`` is, per partition, the highest offset it admitted."""
+        if generation != self.generation:
+            return  # its partitions were revoked meanwhile; the new owner redoes what is uncommitted
+        for tp, offset in last.items():
+            if tp in self._done:
+                self._done[tp] = max(self._done[tp], offset + 1)
+        self.progressed_at = time.monotonic()
+
+    def failed(self, first: Mapping[TP, int], generation: int) -> dict[TP, int]:
+        """A batch failed: read again from what is done. Returns where to seek each partition."""
+        if generation != self.generation:
+            return {}
+        seeks = {}
+        for tp, offset in first.items():
+            if tp in self._done:
+                done = self._done[tp]
+                self._read[tp] = done
+                self._rewind[tp] = _Rewind(done, offset)
+                seeks[tp] = done
+                self.gaps += 1
+        return seeks
+
+    # -- assignment and commits ------------------------------------------------------------------
+    def reset(self, tps: Iterable[Any]) -> None:
+        """Partitions revoked or (re)assigned: forget them; the next record starts them afresh."""
+        self.generation += 1
+        for tp in tps:
+            tp = TP(tp.topic, tp.partition)
+            for table in (self._read, self._done, self._committed, self._rewind):
+                table.pop(tp, None)
+
+    def committable(self) -> dict[TP, int]:
+        """Offsets to commit now: what is done, where that is ahead of the last commit."""
+        return {tp: off for tp, off in self._done.items() if off > self._committed.get(tp, -1)}
+
+    def committed(self, offsets: Mapping[Any, int]) -> None:
+        for tp, offset in offsets.items():
+            self._committed[TP(tp.topic, tp.partition)] = offset
+
+    def lag(self, highwaters: Mapping[TP, int | None]) -> int:
+        """Records not yet done, summed over the partitions with a known high-water mark."""
+        return sum(max(hw - self._done.get(tp, hw), 0) for tp, hw in highwaters.items() if hw is not None)
+
+    def partitions(self) -> list[TP]:
+        return list(self._done)
+
+
+def install(app: Any, ledger: OffsetLedger, input_topics: Iterable[str]) -> None:
+    """Make faust's consumer commit the ledger for the input topics, and reset it on rebalances.
+
+    faust's own bookkeeping of acks still runs (it trims its lists); only its result is replaced.
+    """
+    consumer = app.consumer
+    inputs = set(input_topics)
+    if getattr(consumer, "_interest_ledger", None) is ledger:
+        return
+    consumer._interest_ledger = ledger
+
+    async def commit_tps(tps: Iterable[Any], start_new_transaction: bool) -> bool:
+        consumer._filter_committable_offsets(tps)  # keeps faust's ack lists short; offsets unused
+        assigned = {TP(tp.topic, tp.partition): tp for tp in consumer.assignment() if tp.topic in inputs}
+        offsets = {assigned[tp]: off for tp, off in ledger.committable().items() if tp in assigned}
+        if not offsets:
+            return False
+        # _commit_offsets flushes the producer before it commits (step 2 above).
+        did = await consumer._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if did:
+            ledger.committed(offsets)
+        return did
+
+    consumer._commit_tps = commit_tps
+
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        ledger.reset(revoked)
+
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        ledger.reset(assigned)
+
+    app.on_partitions_revoked.connect(on_revoked)
+    app.on_partitions_assigned.connect(on_assigned)
