@@ -116,7 +116,7 @@ async def dead_letter(event: EventT, reason: str, message: str) -> None:
     msg = event.message
     headers = [
         ("dlq.reason", reason.encode()),
-        ("dlq.error", message.encode()),
+        ("dlq.error", message.encode("utf-8", "backslashreplace")),
         ("dlq.topic", msg.topic.encode()),
         ("dlq.partition", str(msg.partition).encode()),
         ("dlq.offset", str(msg.offset).encode()),

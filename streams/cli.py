@@ -40,7 +40,7 @@ def _settings() -> Settings:
 def cmd_broker(args: argparse.Namespace) -> int:
     broker = LocalBroker(_broker_dir())
     if args.action == "start":
-        info = broker.start(port=args.port)
+        info = broker.start(port=args.port, fresh=args.fresh)
         print(f"bootstrap={info.bootstrap}")
         print(f"pid={info.pid} started_in={info.started_s}s log={broker.log_path}", file=sys.stderr)
     elif args.action == "status":
@@ -56,8 +56,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
+    from streams.recovery import set_aside_if_stale
     from streams.topics import ensure_topics
 
+    lost = set_aside_if_stale(settings)
+    if lost:
+        print(f"interest-stream worker: {lost}", file=sys.stderr)
     ensure_topics(settings)
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = settings.broker  # streams.app reads the same settings
     from streams.app import app
@@ -271,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("broker", help="local development Kafka broker (KRaft, from Maven Central)")
     b.add_argument("action", choices=["start", "stop", "status"])
     b.add_argument("--port", type=int, default=None, help="PLAINTEXT port (default: a free one)")
+    b.add_argument(
+        "--fresh",
+        action="store_true",
+        help="wipe the broker's topics and offsets first (by default they are kept, as on a real broker)",
+    )
     b.set_defaults(func=cmd_broker)
 
     w = sub.add_parser("worker", help="run a Faust worker")

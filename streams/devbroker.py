@@ -88,6 +88,11 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
     )
 
 
+def _read_properties(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 @dataclass
 class BrokerInfo:
     pid: int
@@ -124,8 +129,12 @@ class LocalBroker:
         info = BrokerInfo(**json.loads(self.info_path.read_text()))
         return info if info.alive() else None
 
-    def start(self, port: int | None = None, timeout_s: float = 120.0) -> BrokerInfo:
-        """Start the broker (or return the one already running) once it serves clients."""
+    def start(self, port: int | None = None, timeout_s: float = 120.0, fresh: bool = False) -> BrokerInfo:
+        """Start the broker (or return the one already running) once it serves clients.
+
+        Like a real broker it keeps its topics, offsets and port across a stop and a start; ``fresh``
+        wipes them (and ``port`` picks another port) first.
+        """
         running = self.status()
         if running is not None:
             return running
@@ -133,23 +142,28 @@ class LocalBroker:
         t0 = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         data_dir = self.run_dir / "data"
-        shutil.rmtree(data_dir, ignore_errors=True)
-        port = port or free_port()
         props = self.run_dir / "server.properties"
-        props.write_text(_server_properties(data_dir, port, free_port()))
+        keep = not fresh and port is None and props.exists() and (data_dir / "meta.properties").exists()
         java = [
             "java", "-Xms256m", "-Xmx1g",
             f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
             "-cp", f"{libs}/*",
         ]  # fmt: skip
-        fmt = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)],
-            capture_output=True,
-            text=True,
-        )
-        if fmt.returncode != 0:
-            raise BrokerError(f"formatting the KRaft storage failed: {fmt.stdout}{fmt.stderr}")
-        with open(self.log_path, "wb") as log:  # the child keeps its own handle
+        if keep:
+            port = int(_read_properties(props)["listeners"].split(",")[0].rsplit(":", 1)[1])
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            port = port or free_port()
+            props.write_text(_server_properties(data_dir, port, free_port()))
+            fmt = subprocess.run(
+                [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)],
+                capture_output=True,
+                text=True,
+            )
+            if fmt.returncode != 0:
+                raise BrokerError(f"formatting the KRaft storage failed: {fmt.stdout}{fmt.stderr}")
+        log_start = self.log_path.stat().st_size if keep and self.log_path.exists() else 0
+        with open(self.log_path, "ab" if keep else "wb") as log:  # the child keeps its own handle
             proc = subprocess.Popen(
                 [*java, "kafka.Kafka", str(props)],
                 stdout=log,
@@ -159,7 +173,7 @@ class LocalBroker:
             )
         bootstrap = f"127.0.0.1:{port}"
         try:
-            self._wait_ready(proc, bootstrap, t0 + timeout_s)
+            self._wait_ready(proc, bootstrap, t0 + timeout_s, log_start)
         except BaseException:
             proc.terminate()
             proc.wait(30)
@@ -168,13 +182,18 @@ class LocalBroker:
         self.info_path.write_text(json.dumps(info.__dict__))
         return info
 
-    def _wait_ready(self, proc: subprocess.Popen, bootstrap: str, deadline: float) -> None:
+    def _wait_ready(
+        self, proc: subprocess.Popen, bootstrap: str, deadline: float, log_start: int = 0
+    ) -> None:
         # The port opens before the broker is unfenced: wait for its own "started" line, then make
         # one real client round trip.
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BrokerError(f"broker exited with {proc.returncode}; see {self.log_path}")
-            if READY_LINE in self.log_path.read_text(errors="replace"):
+            with open(self.log_path, "rb") as fh:
+                fh.seek(log_start)
+                started = READY_LINE.encode() in fh.read()
+            if started:
                 break
             time.sleep(0.2)
         else:
