@@ -56,6 +56,8 @@ class Counters:
 
 counters = Counters()
 ledger = OffsetLedger()
+unacknowledged: list[asyncio.Future] = []
+"""Sends of the current batch (updates, dead letters) that the broker has not acknowledged yet."""
 
 _core: InterestCore | None = None
 
@@ -111,7 +113,7 @@ def resolve(event: Event) -> Item:
         raise
 
 
-async def dead_letter(event: EventT, reason: str, message: str) -> None:
+async def dead_letter(event: EventT, reason: str, message: str) -> asyncio.Future:
     """Original key and bytes, unchanged (so they can be replayed), with the reason in headers."""
     msg = event.message
     headers = [
@@ -121,9 +123,11 @@ async def dead_letter(event: EventT, reason: str, message: str) -> None:
         ("dlq.partition", str(msg.partition).encode()),
         ("dlq.offset", str(msg.offset).encode()),
     ]
-    await dlq_topic.send(key=msg.key, value=event.value or b"", headers=headers)
+    sent = await dlq_topic.send(key=msg.key, value=event.value or b"", headers=headers)
+    unacknowledged.append(sent)
     counters.dead_lettered += 1
     log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, message)
+    return sent
 
 
 def _partition_for(key: bytes) -> int:
@@ -212,7 +216,8 @@ async def apply_partition(
     for event, why in result.failed:
         await dead_letter(source[id(event)], "internal_error", f"the core could not apply it: {why}")
     for update in result.updates:
-        await updates_topic.send(key=update.user_id.encode(), value=json.dumps(update.to_json()).encode())
+        key, value = update.user_id.encode(), json.dumps(update.to_json()).encode()
+        unacknowledged.append(await updates_topic.send(key=key, value=value))
     if result.rebased:
         log.warning("%d user states were written by another encoder; restarted in %s's space",
                     result.rebased, core.encoder.name)  # fmt: skip
@@ -243,7 +248,19 @@ async def seek(offsets: dict[TP, int]) -> None:
         await app.consumer.seek(faust.types.TP(tp.topic, tp.partition), offset)
 
 
+def take_unacknowledged() -> list[asyncio.Future]:
+    """Every send of this batch so far: states, heads (changelogs), updates, dead letters."""
+    pending = user_states.take_unacknowledged() + heads.take_unacknowledged() + unacknowledged
+    unacknowledged.clear()
+    return pending
+
+
 async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
+    """One micro-batch: admit → decode (DLQ) → embed → apply per partition → wait until durable → done.
+
+    Only a batch whose every effect the broker has acknowledged is marked done in the ledger, and only
+    done offsets are ever committed (``streams.checkpoint``).
+    """
     generation = ledger.generation
     records, seeks = admit(batch)
     await seek(seeks)
@@ -262,9 +279,11 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
             embeddings = await embed_all(core, [item for _, _, item in valid])
             for partition, group in by_partition.items():
                 await apply_partition(core, partition, group, embeddings)
+        await asyncio.gather(*take_unacknowledged())  # until the broker has all of them
     except Exception:
         # Not input (that goes to the DLQ): the broker, the store. Nothing of this batch is committed;
         # read it again from what is done (its users' offsets make the replay exact).
+        take_unacknowledged()
         counters.failed_batches += 1
         log.exception("batch of %d records failed; it will be read again", len(records))
         await seek(ledger.failed(first, generation))

@@ -13,7 +13,9 @@ State:
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -49,10 +51,39 @@ event_topic = app.topic(*settings.event_topics, partitions=settings.partitions, 
 updates_topic = app.topic(settings.updates_topic, partitions=settings.partitions)
 dlq_topic = app.topic(settings.dlq_topic, partitions=settings.partitions)
 
+
+class DurableTable(faust.Table):
+    """A table whose changelog records can be awaited until the broker has them.
+
+    faust sends changelog records through a background buffer, and its ``producer.flush()`` gives up
+    after 0.1 s without progress (``ProducerBuffer.flush_atmost``), so a commit can overtake them; after
+    a crash the offsets are committed and the state is gone. The agent awaits ``take_unacknowledged()`` before
+    it counts a batch as done (``streams.checkpoint``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unacknowledged: list[asyncio.Future] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self._unacknowledged.append(fut)
+        return fut
+
+    def take_unacknowledged(self) -> list[asyncio.Future]:
+        """The changelog sends since the last call (the caller awaits or drops them)."""
+        pending, self._unacknowledged = self._unacknowledged, []
+        return pending
+
+
 # bytes key/value types make faust use the raw codec: we serialize states ourselves (compactly).
-user_states = app.Table(
-    "user-state", key_type=bytes, value_type=bytes, partitions=settings.partitions, options=_ROCKS
-)
-heads = app.Table("heads", key_type=bytes, value_type=bytes, partitions=settings.partitions, options=_ROCKS)
+def durable_table(name: str) -> DurableTable:
+    table = DurableTable(app, name=name, beacon=app.tables.beacon, key_type=bytes, value_type=bytes,
+                         partitions=settings.partitions, options=_ROCKS)  # fmt: skip
+    return app.tables.add(table)
+
+
+user_states = durable_table("user-state")
+heads = durable_table("heads")
 
 from streams import agents  # noqa: E402,F401  (registers the agent with the app)
