@@ -233,10 +233,8 @@ def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
     for record in batch:
         msg = record.message
         tp = TP(msg.topic, msg.partition)
-        if tp in seeks:
-            continue  # the rest of that partition comes again after the seek
-        verdict = ledger.admit(tp, msg.offset)
-        if verdict is Verdict.PROCESS:
+        verdict = ledger.admit(tp, msg.offset, msg.generation_id)
+        if verdict is Verdict.PROCESS and tp not in seeks:
             records.append(record)
         elif verdict is Verdict.SEEK:
             seeks[tp] = ledger.read_offset(tp)
@@ -244,8 +242,11 @@ def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
 
 
 async def seek(offsets: dict[TP, int]) -> None:
-    for tp, offset in offsets.items():
-        await app.consumer.seek(faust.types.TP(tp.topic, tp.partition), offset)
+    """Move the fetch position back (in the consumer's own thread: aiokafka is not thread-safe)."""
+    if offsets:
+        await app.consumer.seek_wait(
+            {faust.types.TP(tp.topic, tp.partition): off for tp, off in offsets.items()}
+        )
 
 
 def take_unacknowledged() -> list[asyncio.Future]:
@@ -261,6 +262,7 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
     Only a batch whose every effect the broker has acknowledged is marked done in the ledger, and only
     done offsets are ever committed (``streams.checkpoint``).
     """
+    ledger.begin(app.consumer_generation_id)
     generation = ledger.generation
     records, seeks = admit(batch)
     await seek(seeks)
@@ -321,9 +323,16 @@ async def interest_agent(stream: StreamT) -> None:
 STALL_S = 30.0
 
 
+def _highwater(tp: TP) -> int | None:
+    try:
+        return app.consumer.highwater(faust.types.TP(*tp))
+    except Exception:  # noqa: BLE001 - revoked meanwhile, or not fetched yet: unknown
+        return None
+
+
 def lag() -> int:
     """Input records not yet done on this worker's partitions (by the consumer's high-water marks)."""
-    return ledger.lag({tp: app.consumer.highwater(faust.types.TP(*tp)) for tp in ledger.partitions()})
+    return ledger.lag({tp: _highwater(tp) for tp in ledger.partitions()})
 
 
 def health() -> dict:

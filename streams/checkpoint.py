@@ -21,7 +21,12 @@ The ledger also keeps each partition's records in offset order for the core. Off
 within a partition; a jump ("gap") means records were skipped on the way (faust drops fetched records
 when a rebalance starts) or simply do not exist (transaction markers). Either way the worker seeks back
 to the first missing offset and drops later records until the re-fetch arrives: if the re-fetch starts
-past the gap, the gap was real and is accepted.
+past the gap, the gap was real and is accepted. A record past the gap that still arrives after the seek
+(faust was already iterating over it) has moved faust's own read position past the re-fetch, which faust
+would then drop: so each such record asks for the seek again.
+
+Everything is per consumer generation: a rebalance starts a new ledger, and records fetched in an older
+generation are dropped (faust seeks to the committed offsets after a rebalance, so they come again).
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ class TP(NamedTuple):
 class Verdict(Enum):
     PROCESS = "process"  # the next record of its partition
     SEEN = "seen"  # below the handled prefix: handled already in this assignment
-    SEEK = "seek"  # a gap: seek the partition back to ``Ledger.read_offset(tp)`` and drop the record
-    HOLD = "hold"  # after a gap, a record fetched before the seek: dropped, it will come again
+    SEEK = "seek"  # past a gap: seek the partition back to ``Ledger.read_offset(tp)``, drop the record
+    STALE = "stale"  # fetched in an earlier consumer generation: dropped, it comes again
 
 
 @dataclass
@@ -65,11 +70,20 @@ class OffsetLedger:
         self._committed: dict[TP, int] = {}
         self._rewind: dict[TP, _Rewind] = {}
         self.generation = 0
-        self.gaps = 0  # seeks made for gaps and failed batches
+        self.gaps = 0  # gaps met (and failed batches), each sought back over
         self.progressed_at = time.monotonic()
 
+    def begin(self, generation: int) -> None:
+        """Called before each batch with the consumer's generation: a new one starts a fresh ledger."""
+        if generation != self.generation:
+            self.generation = generation
+            for table in (self._read, self._done, self._committed, self._rewind):
+                table.clear()
+
     # -- admission: called for each record, in the order the stream delivers them -----------------
-    def admit(self, tp: TP, offset: int) -> Verdict:
+    def admit(self, tp: TP, offset: int, generation: int | None = None) -> Verdict:
+        if generation is not None and generation != self.generation:
+            return Verdict.STALE
         read = self._read.get(tp)
         if read is None:  # first record of this partition in this assignment: faust sought it here
             self._read[tp] = offset + 1
@@ -86,7 +100,7 @@ class OffsetLedger:
             self._read[tp] = offset + 1
             return Verdict.PROCESS
         if rewind is not None:
-            return Verdict.HOLD
+            return Verdict.SEEK  # fetched before the seek; it moved faust's read position: seek again
         self._rewind[tp] = _Rewind(read, offset)
         self.gaps += 1
         log.warning("gap in %s: expected offset %d, got %d; seeking back", tp, read, offset)
@@ -119,15 +133,7 @@ class OffsetLedger:
                 self.gaps += 1
         return seeks
 
-    # -- assignment and commits ------------------------------------------------------------------
-    def reset(self, tps: Iterable[Any]) -> None:
-        """Partitions revoked or (re)assigned: forget them; the next record starts them afresh."""
-        self.generation += 1
-        for tp in tps:
-            tp = TP(tp.topic, tp.partition)
-            for table in (self._read, self._done, self._committed, self._rewind):
-                table.pop(tp, None)
-
+    # -- commits ---------------------------------------------------------------------------------
     def committable(self) -> dict[TP, int]:
         """Offsets to commit now: what is done, where that is ahead of the last commit."""
         return {tp: off for tp, off in self._done.items() if off > self._committed.get(tp, -1)}
@@ -145,7 +151,7 @@ class OffsetLedger:
 
 
 def install(app: Any, ledger: OffsetLedger, input_topics: Iterable[str]) -> None:
-    """Make faust's consumer commit the ledger for the input topics, and reset it on rebalances.
+    """Make faust's consumer commit the ledger for the input topics.
 
     faust's own bookkeeping of acks still runs (it trims its lists); only its result is replaced.
     """
@@ -157,6 +163,8 @@ def install(app: Any, ledger: OffsetLedger, input_topics: Iterable[str]) -> None
 
     async def commit_tps(tps: Iterable[Any], start_new_transaction: bool) -> bool:
         consumer._filter_committable_offsets(tps)  # keeps faust's ack lists short; offsets unused
+        if ledger.generation != app.consumer_generation_id:
+            return False  # rebalanced since the last batch: nothing of this generation is done yet
         assigned = {TP(tp.topic, tp.partition): tp for tp in consumer.assignment() if tp.topic in inputs}
         offsets = {assigned[tp]: off for tp, off in ledger.committable().items() if tp in assigned}
         if not offsets:
@@ -168,12 +176,3 @@ def install(app: Any, ledger: OffsetLedger, input_topics: Iterable[str]) -> None
         return did
 
     consumer._commit_tps = commit_tps
-
-    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        ledger.reset(revoked)
-
-    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
-        ledger.reset(assigned)
-
-    app.on_partitions_revoked.connect(on_revoked)
-    app.on_partitions_assigned.connect(on_assigned)

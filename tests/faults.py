@@ -421,21 +421,24 @@ def several_workers(bootstrap: str, work: Path, encoder: TextEncoder, *, events:
         sender = cluster.send(load.sends, rate=rate)
         cluster.start("a")
         cluster.start("b")
-        step = len(load.sends) / rate / 5  # spread the choreography over the sending time
 
-        def pause(fraction: float = 1.0) -> None:
-            time.sleep(step * fraction)
+        def progress(seconds: float) -> None:
+            """Let the workers apply something (at least one update), then ``seconds`` more."""
+            since = time.monotonic()
+            deadline = since + 120
+            while watcher.updates_since(since) == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(seconds)
 
-        pause()
+        progress(2)
         cluster.start("c")  # joins
-        pause()
+        progress(2)
         killed = time.monotonic()
         cluster.kill("b")
         cluster.start("b")
-        pause(0.2)
+        progress(2)
         if (rec := watcher.first_update_after(killed)) is not None:
             tally.recovery_s.append(rec)
-        pause()
         cluster.stop("a")  # leaves
         sender.join()
         wait_converged(watcher, expected, 300)

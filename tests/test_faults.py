@@ -7,9 +7,9 @@ The full-size run (20 kills in 100,000 events, ...) is ``make faults``, which wr
 
 from __future__ import annotations
 
+import faults
 import pytest
 
-import faults
 from streams.devbroker import LocalBroker
 
 pytestmark = pytest.mark.integration

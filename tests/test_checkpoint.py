@@ -1,0 +1,78 @@
+"""The offset ledger: what may be committed, and how gaps and failed batches are read again."""
+
+from __future__ import annotations
+
+from streams.checkpoint import TP, OffsetLedger, Verdict
+
+A = TP("click", 0)
+B = TP("cart", 0)
+
+
+def test_only_finished_batches_are_committable_and_commits_never_go_back():
+    ledger = OffsetLedger()
+    gen = ledger.generation
+    assert [ledger.admit(A, o) for o in (10, 11, 12)] == [Verdict.PROCESS] * 3
+    assert ledger.committable() == {A: 10}  # nothing done yet: the position it started from
+    ledger.done({A: 12}, gen)
+    assert ledger.committable() == {A: 13}
+    ledger.committed({A: 13})
+    assert ledger.committable() == {}
+    assert ledger.admit(A, 12) is Verdict.SEEN  # re-fetched after a seek to the committed offset
+
+
+def test_a_rebalance_starts_afresh_and_drops_records_fetched_before_it():
+    ledger = OffsetLedger()
+    ledger.begin(1)
+    ledger.admit(A, 5, 1)
+    ledger.begin(2)  # rebalanced while the batch with offset 5 was still running
+    ledger.done({A: 5}, 1)
+    assert ledger.committable() == {}
+    assert ledger.admit(A, 6, 1) is Verdict.STALE  # prefetched in generation 1
+    assert ledger.admit(A, 3, 2) is Verdict.PROCESS  # faust sought back to the committed offset
+
+
+def test_a_gap_seeks_back_and_holds_later_records_until_the_refetch():
+    ledger = OffsetLedger()
+    gen = ledger.generation
+    ledger.admit(A, 0)
+    ledger.admit(A, 1)
+    ledger.done({A: 1}, gen)
+    assert ledger.admit(A, 5) is Verdict.SEEK  # 2..4 were skipped on the way
+    assert ledger.read_offset(A) == 2
+    assert ledger.admit(A, 6) is Verdict.SEEK  # fetched before the seek: moved faust's position, again
+    assert ledger.admit(B, 0) is Verdict.PROCESS  # other partitions go on
+    assert [ledger.admit(A, o) for o in (2, 3, 4, 5, 6)] == [Verdict.PROCESS] * 5
+    ledger.done({A: 6}, gen)
+    assert ledger.committable()[A] == 7
+
+
+def test_a_gap_that_really_exists_is_accepted_when_the_refetch_starts_past_it():
+    ledger = OffsetLedger()
+    ledger.admit(A, 0)
+    assert ledger.admit(A, 3) is Verdict.SEEK  # 1..2: transaction markers, say
+    assert ledger.admit(A, 4) is Verdict.SEEK
+    assert ledger.admit(A, 3) is Verdict.PROCESS  # the re-fetch begins at 3: nothing lies between
+    assert ledger.admit(A, 4) is Verdict.PROCESS
+
+
+def test_a_failed_batch_is_read_again_from_what_is_done():
+    ledger = OffsetLedger()
+    gen = ledger.generation
+    for o in range(4):
+        ledger.admit(A, o)
+    ledger.done({A: 3}, gen)
+    for o in range(4, 8):
+        ledger.admit(A, o)
+    assert ledger.failed({A: 4}, gen) == {A: 4}
+    assert ledger.admit(A, 8) is Verdict.SEEK  # fetched before the seek
+    assert ledger.admit(A, 4) is Verdict.PROCESS
+    assert ledger.committable() == {A: 4}
+
+
+def test_lag_counts_what_is_not_done():
+    ledger = OffsetLedger()
+    ledger.admit(A, 0)
+    ledger.done({A: 9}, ledger.generation)
+    ledger.admit(B, 0)
+    assert ledger.lag({A: 25, B: 4}) == 15 + 4
+    assert ledger.lag({A: None}) == 0
