@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit lint format bench eval clean
+.PHONY: setup demo test test-unit lint format bench faults eval clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ format: setup
 ## Worker throughput and latency on a local broker, against the core alone (same script).
 bench: setup
 	$(BIN)/python benchmarks/worker_throughput.py
+
+## The fault-injection suite at full size (kill -9, several workers, broker restarts, lost state, hostile
+## input, a flood; ~30 min here): benchmarks/results/faults.md.  make test runs it at a small size.
+faults: setup
+	$(BIN)/python benchmarks/faults.py
 
 ## Both evaluation protocols on the MovieLens sample, every baseline incl. SASRec: benchmarks/results/.
 eval: setup

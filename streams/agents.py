@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import time
 import weakref
 from collections import defaultdict
@@ -49,6 +50,7 @@ class Counters:
     updates: int = 0
     batches: int = 0
     failed_batches: int = 0
+    failing_in_a_row: int = 0
     first_update_s: float | None = None
     prequential: PrequentialStats = field(default_factory=PrequentialStats)
     """Test-then-train scores of this worker's heads since it started."""
@@ -262,7 +264,7 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
     Only a batch whose every effect the broker has acknowledged is marked done in the ledger, and only
     done offsets are ever committed (``streams.checkpoint``).
     """
-    ledger.begin(app.consumer_generation_id)
+    ledger.begin(app.consumer_generation_id, app.rebalancing_count)
     generation = ledger.generation
     records, seeks = admit(batch)
     await seek(seeks)
@@ -287,11 +289,21 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         # read it again from what is done (its users' offsets make the replay exact).
         take_unacknowledged()
         counters.failed_batches += 1
+        counters.failing_in_a_row += 1
         log.exception("batch of %d records failed; it will be read again", len(records))
+        if counters.failing_in_a_row >= settings.max_failed_batches:
+            # Not going to heal in this process (e.g. the broker lost its topics). Exit, so that the
+            # supervisor restarts the worker: nothing unfinished was committed, and the start-up check
+            # (streams.recovery) deals with a broker that lost its data.
+            log.critical("%d batches in a row failed; exiting so the worker is restarted",
+                         counters.failing_in_a_row)  # fmt: skip
+            logging.shutdown()
+            os._exit(3)
         await seek(ledger.failed(first, generation))
         await asyncio.sleep(min(2.0 ** min(counters.failed_batches, 5) * 0.1, 3.0))
         return
     ledger.done(last, generation)
+    counters.failing_in_a_row = 0
     if counters.first_update_s is None and counters.updates:
         counters.first_update_s = time.monotonic() - counters.started
         log.info("first interest update %.2fs after the worker started", counters.first_update_s)
@@ -363,6 +375,36 @@ async def health_page(web, request):  # noqa: ANN001, ANN201 - faust's view sign
 async def ready_page(web, request):  # noqa: ANN001, ANN201
     state = health()
     return web.json(state, status=200 if state["ready"] else 503)
+
+
+def missing_changelogs() -> list[str]:
+    """Changelog topics the broker no longer has (it lost its data, or someone deleted them)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.broker, client_id="interest-stream-check")
+    try:
+        present = set(admin.list_topics())
+    finally:
+        admin.close()
+    return sorted(t for t in (user_states.changelog_topic.get_topic_name(),
+                              heads.changelog_topic.get_topic_name()) if t not in present)  # fmt: skip
+
+
+@app.timer(interval=30.0)
+async def check_broker_kept_our_data() -> None:
+    """A broker that lost the changelog topics cannot back this worker's state any more: exit, so the
+    supervisor restarts the worker and the start-up check (``streams.recovery``) sets the state aside."""
+    if _core is None:
+        return
+    try:
+        missing = await asyncio.get_running_loop().run_in_executor(None, missing_changelogs)
+    except Exception:  # noqa: BLE001 - the broker may be briefly away; that is not this check's business
+        return
+    if missing:
+        log.critical("the broker no longer has %s (did it lose its data?); exiting so that the worker is "
+                     "restarted and rebuilds from what the broker holds", ", ".join(missing))  # fmt: skip
+        logging.shutdown()
+        os._exit(3)
 
 
 @app.timer(interval=10.0)

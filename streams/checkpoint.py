@@ -69,20 +69,29 @@ class OffsetLedger:
         self._done: dict[TP, int] = {}  # next offset after what finished batches handled
         self._committed: dict[TP, int] = {}
         self._rewind: dict[TP, _Rewind] = {}
-        self.generation = 0
+        self.generation = 0  # increases with every assignment this ledger has seen
+        self._assignment: tuple[int, int] = (-1, -1)
+        self._consumer_generation = -1
         self.gaps = 0  # gaps met (and failed batches), each sought back over
         self.progressed_at = time.monotonic()
 
-    def begin(self, generation: int) -> None:
-        """Called before each batch with the consumer's generation: a new one starts a fresh ledger."""
-        if generation != self.generation:
-            self.generation = generation
+    def begin(self, generation: int, rebalances: int = 0) -> None:
+        """Called before each batch with the consumer's generation and the app's rebalance count: after
+        a rebalance the ledger starts afresh (both, because a group the broker lost restarts its
+        generations at 1)."""
+        self._consumer_generation = generation
+        if (generation, rebalances) != self._assignment:
+            self._assignment = (generation, rebalances)
+            self.generation += 1
             for table in (self._read, self._done, self._committed, self._rewind):
                 table.clear()
 
+    def is_current(self, generation: int, rebalances: int) -> bool:
+        return (generation, rebalances) == self._assignment
+
     # -- admission: called for each record, in the order the stream delivers them -----------------
     def admit(self, tp: TP, offset: int, generation: int | None = None) -> Verdict:
-        if generation is not None and generation != self.generation:
+        if generation is not None and generation != self._consumer_generation:
             return Verdict.STALE
         read = self._read.get(tp)
         if read is None:  # first record of this partition in this assignment: faust sought it here
@@ -163,7 +172,7 @@ def install(app: Any, ledger: OffsetLedger, input_topics: Iterable[str]) -> None
 
     async def commit_tps(tps: Iterable[Any], start_new_transaction: bool) -> bool:
         consumer._filter_committable_offsets(tps)  # keeps faust's ack lists short; offsets unused
-        if ledger.generation != app.consumer_generation_id:
+        if not ledger.is_current(app.consumer_generation_id, app.rebalancing_count):
             return False  # rebalanced since the last batch: nothing of this generation is done yet
         assigned = {TP(tp.topic, tp.partition): tp for tp in consumer.assignment() if tp.topic in inputs}
         offsets = {assigned[tp]: off for tp, off in ledger.committable().items() if tp in assigned}

@@ -54,6 +54,9 @@ class Settings:
     (a worker's identity is its state), so two workers never share one."""
     session_timeout_s: float = 10.0
     """How long the group waits for a silent worker before its partitions move to the others."""
+    max_failed_batches: int = 10
+    """After this many failed batches in a row (not input: the broker, the store) the worker exits so its
+    supervisor restarts it; with backoff that is about half a minute of trying."""
     max_fetch_bytes: int = 16 * 1024**2
     """Largest record batch fetched per partition; above the broker's ``message.max.bytes`` (1 MiB by
     default), so that any record the broker accepts is consumed (and dead-lettered as ``too_large``)

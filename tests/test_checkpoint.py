@@ -22,13 +22,23 @@ def test_only_finished_batches_are_committable_and_commits_never_go_back():
 
 def test_a_rebalance_starts_afresh_and_drops_records_fetched_before_it():
     ledger = OffsetLedger()
-    ledger.begin(1)
+    ledger.begin(1, 1)
+    token = ledger.generation
     ledger.admit(A, 5, 1)
-    ledger.begin(2)  # rebalanced while the batch with offset 5 was still running
-    ledger.done({A: 5}, 1)
+    ledger.begin(2, 2)  # rebalanced while the batch with offset 5 was still running
+    ledger.done({A: 5}, token)
     assert ledger.committable() == {}
     assert ledger.admit(A, 6, 1) is Verdict.STALE  # prefetched in generation 1
     assert ledger.admit(A, 3, 2) is Verdict.PROCESS  # faust sought back to the committed offset
+    assert ledger.is_current(2, 2) and not ledger.is_current(2, 1)
+
+
+def test_a_group_recreated_by_a_wiped_broker_starts_afresh_at_the_same_generation_number():
+    ledger = OffsetLedger()
+    ledger.begin(1, 1)
+    ledger.admit(A, 700, 1)
+    ledger.begin(1, 2)  # the broker lost the group: generation 1 again, after another rebalance
+    assert ledger.admit(A, 0, 1) is Verdict.PROCESS
 
 
 def test_a_gap_seeks_back_and_holds_later_records_until_the_refetch():

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
 
@@ -82,3 +84,63 @@ def test_unknown_item_without_inline_item_is_rejected():
         resolve_item(ev, {}.get)
     assert info.value.reason == "unknown_item"
     assert resolve_item(ev, {"i1": Item("From catalog")}.get).title == "From catalog"
+
+
+def test_unkeyed_and_future_dated_events_are_rejected_when_asked():
+    with pytest.raises(InvalidEvent, match="missing_key"):
+        parse_event(raw(GOOD), "click", None, require_key=True)
+    assert parse_event(raw(GOOD), "click", None).user_id == GOOD["user_id"]  # the file replay has no keys
+    with pytest.raises(InvalidEvent, match="future_timestamp"):
+        parse_event(raw({**GOOD, "ts": 2_000_000_000}), "click", latest_ts=1_900_000_000)
+    assert parse_event(raw(GOOD), "click", offset=17).offset == 17
+
+
+REASONS = {
+    "bad_json", "not_object", "empty", "missing_field", "wrong_type", "bad_value", "bad_timestamp",
+    "too_large", "key_mismatch", "missing_key", "future_timestamp",
+}  # fmt: skip
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30))
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": st.one_of(st.text(max_size=300), json_values),
+        "user_id": st.one_of(st.just("u1"), st.text(max_size=10), json_values),
+        "item_id": st.one_of(st.just("i1"), json_values),
+        "ts": st.one_of(st.floats(), st.integers(), st.text(max_size=30), st.just("2024-05-01T18:03:00Z")),
+        "item": st.one_of(
+            json_values,
+            st.fixed_dictionaries({"title": st.text(max_size=20)}, optional={"categories": json_values}),
+        ),
+        "context": json_values,
+    },
+)
+
+
+@st.composite
+def records(draw) -> bytes:
+    base = json.dumps(draw(fields)).encode()
+    how = draw(st.sampled_from(["as is", "flip", "cut", "bytes"]))
+    if how == "flip" and base:
+        at = draw(st.integers(0, len(base) - 1))
+        return base[:at] + bytes([draw(st.integers(0, 255))]) + base[at + 1 :]
+    if how == "cut":
+        return base[: draw(st.integers(0, len(base)))]
+    if how == "bytes":
+        return draw(st.binary(max_size=200))
+    return base
+
+
+@settings(max_examples=10_000, deadline=None)
+@given(value=records(), key=st.one_of(st.none(), st.just(b"u1"), st.binary(max_size=8)))
+def test_fuzzed_records_are_accepted_or_rejected_with_a_reason_never_anything_else(value, key):
+    try:
+        event = parse_event(value, "click", key, require_key=True, latest_ts=2_000_000_000)
+    except InvalidEvent as exc:
+        assert exc.reason in REASONS and exc.message
+        return
+    assert event.user_id and event.event_id and event.item_id and key == event.user_id.encode()
