@@ -25,7 +25,7 @@ import numpy as np
 from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT
 
-from models.core import InterestCore
+from models.core import InterestCore, InterestUpdate
 from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
 from models.head import PrequentialStats
 from models.interest import UserState
@@ -58,6 +58,7 @@ class Counters:
 
 counters = Counters()
 ledger = OffsetLedger()
+DLQ_MAX_VALUE = 1_000_000
 unacknowledged: list[asyncio.Future] = []
 """Sends of the current batch (updates, dead letters) that the broker has not acknowledged yet."""
 
@@ -125,7 +126,11 @@ async def dead_letter(event: EventT, reason: str, message: str) -> asyncio.Futur
         ("dlq.partition", str(msg.partition).encode()),
         ("dlq.offset", str(msg.offset).encode()),
     ]
-    sent = await dlq_topic.send(key=msg.key, value=event.value or b"", headers=headers)
+    value = event.value or b""
+    if len(value) > DLQ_MAX_VALUE:  # keep the dead letter under the broker's record limit with headers
+        headers.append(("dlq.truncated_from", str(len(value)).encode()))
+        value = value[:DLQ_MAX_VALUE]
+    sent = await dlq_topic.send(key=msg.key, value=value, headers=headers)
     unacknowledged.append(sent)
     counters.dead_lettered += 1
     log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, message)
@@ -199,8 +204,8 @@ async def embed_all(core: InterestCore, items: list[Item]) -> dict[str, np.ndarr
 
 async def apply_partition(
     core: InterestCore, partition: int, group: list[tuple[EventT, Event, Item]], embeddings: dict
-) -> None:
-    """Apply one partition's events, then write its states and head and publish its updates.
+) -> list[InterestUpdate]:
+    """Apply one partition's events and write its states and head; return the updates to publish.
 
     Reads and writes are bound to that partition (``partition_of``). Nothing here commits: the records'
     offsets become committable when the whole batch is done (``streams.checkpoint``).
@@ -217,9 +222,6 @@ async def apply_partition(
     counters.prequential += head.stats - scored_before
     for event, why in result.failed:
         await dead_letter(source[id(event)], "internal_error", f"the core could not apply it: {why}")
-    for update in result.updates:
-        key, value = update.user_id.encode(), json.dumps(update.to_json()).encode()
-        unacknowledged.append(await updates_topic.send(key=key, value=value))
     if result.rebased:
         log.warning("%d user states were written by another encoder; restarted in %s's space",
                     result.rebased, core.encoder.name)  # fmt: skip
@@ -227,6 +229,7 @@ async def apply_partition(
     counters.duplicates += result.duplicates
     counters.redelivered += result.redelivered
     counters.updates += len(result.updates)
+    return result.updates
 
 
 def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
@@ -258,11 +261,19 @@ def take_unacknowledged() -> list[asyncio.Future]:
     return pending
 
 
-async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
-    """One micro-batch: admit → decode (DLQ) → embed → apply per partition → wait until durable → done.
+async def publish(updates: list[InterestUpdate]) -> None:
+    for update in updates:
+        key, value = update.user_id.encode(), json.dumps(update.to_json()).encode()
+        unacknowledged.append(await updates_topic.send(key=key, value=value))
 
-    Only a batch whose every effect the broker has acknowledged is marked done in the ledger, and only
-    done offsets are ever committed (``streams.checkpoint``).
+
+async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
+    """One micro-batch: admit → decode (DLQ) → embed → apply per partition → states durable → publish
+    updates → updates durable → done.
+
+    Updates go out only once the states they describe are in the changelog, so an update is never
+    published for a state that a crash could still undo. Only a batch whose every effect the broker has
+    acknowledged is marked done in the ledger, and only done offsets are committed (``streams.checkpoint``).
     """
     ledger.begin(app.consumer_generation_id, app.rebalancing_count)
     generation = ledger.generation
@@ -279,11 +290,14 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         by_partition: dict[int, list[tuple[EventT, Event, Item]]] = defaultdict(list)
         for entry in valid:
             by_partition[entry[0].message.partition].append(entry)
+        updates: list[InterestUpdate] = []
         if by_partition:
             embeddings = await embed_all(core, [item for _, _, item in valid])
             for partition, group in by_partition.items():
-                await apply_partition(core, partition, group, embeddings)
-        await asyncio.gather(*take_unacknowledged())  # until the broker has all of them
+                updates += await apply_partition(core, partition, group, embeddings)
+        await asyncio.gather(*take_unacknowledged())  # states, heads, dead letters: the broker has them
+        await publish(updates)
+        await asyncio.gather(*take_unacknowledged())
     except Exception:
         # Not input (that goes to the DLQ): the broker, the store. Nothing of this batch is committed;
         # read it again from what is done (its users' offsets make the replay exact).

@@ -43,6 +43,7 @@ app = faust.App(
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=max(settings.session_timeout_s / 5, 1.0),
     consumer_max_fetch_size=settings.max_fetch_bytes,
+    producer_max_request_size=2 * 1024**2,  # a dead letter of a record near the broker's 1 MB limit
 )
 
 # internal=True: faust creates the topics (with these partitions) when they are missing, so

@@ -16,6 +16,7 @@ the user must carry the same count.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -76,7 +77,7 @@ def make_workload(n_events: int, n_users: int, *, dup_rate: float = 0.05, seed: 
     rng = random.Random(seed)
     items = items or catalog()
     ids = list(items)
-    weights = [1 / (rank + 1) for rank in range(len(ids))]
+    cum = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(ids))))  # Zipf, exponent 1
     users = [f"{tag}u{k}" for k in range(n_users)]
     sends: list[tuple[str, dict]] = []
     later: list[tuple[int, tuple[str, dict]]] = []
@@ -85,7 +86,7 @@ def make_workload(n_events: int, n_users: int, *, dup_rate: float = 0.05, seed: 
         ts += rng.expovariate(1 / 20)
         user = users[n] if n < n_users else rng.choice(users)  # every user gets at least one event
         event = {"event_id": f"{tag}{seed}-{n}", "user_id": user,
-                 "item_id": rng.choices(ids, weights)[0], "ts": round(ts, 3)}  # fmt: skip
+                 "item_id": rng.choices(ids, cum_weights=cum)[0], "ts": round(ts, 3)}  # fmt: skip
         record = (rng.choices(TYPES, (0.7, 0.2, 0.1))[0], event)
         sends.append(record)
         if rng.random() < dup_rate:
@@ -154,6 +155,17 @@ class Cluster:
     def rss_mb(self, worker: str) -> float:
         status = Path(f"/proc/{self.procs[worker].pid}/status").read_text()
         return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+    def ready(self, worker: str) -> dict:
+        """The worker's ``GET /ready`` answer (its JSON body, whatever the status)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[worker]}/ready", timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return json.loads(err.read())
 
     # -- input -------------------------------------------------------------------------------------
     def producer(self) -> KafkaProducer:
@@ -232,7 +244,8 @@ class Watcher(threading.Thread):
     def _consume(self) -> None:
         consumer = KafkaConsumer(self.settings.updates_topic, self.settings.dlq_topic,
                                  bootstrap_servers=self.bootstrap, group_id=None,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=200)  # fmt: skip
+                                 auto_offset_reset="earliest", consumer_timeout_ms=200,
+                                 max_partition_fetch_bytes=16 * 1024**2)  # fmt: skip
         try:
             while not self.stop_flag.is_set():
                 for msg in consumer:
@@ -671,8 +684,12 @@ def hostile_input(bootstrap: str, work: Path, encoder: TextEncoder, *, fuzzed: i
     right = (murmur2(user.encode()) & 0x7FFFFFFF) % cluster.settings.partitions
     bad.append(("cart", user.encode(), json.dumps(dict(good[3][1], event_id="misrouted-1")).encode(),
                 (right + 1) % cluster.settings.partitions))  # fmt: skip
+    # Just under the broker's default record limit (1,048,588 bytes): the broker takes it, so the worker
+    # must fetch it (and dead-letter it) rather than stall its partition behind it.
+    huge = dict(good[4][1], event_id="huge-1", pad="z" * 1_040_000)
+    bad.append(("click", good[4][1]["user_id"].encode(), json.dumps(huge).encode(), None))
     expected_reasons = Counter(
-        {"internal_error": 1, "missing_key": 1, "future_timestamp": 1, "wrong_partition": 1}
+        {"internal_error": 1, "missing_key": 1, "future_timestamp": 1, "wrong_partition": 1, "too_large": 1}
     )
     for _, _, _, _, reason in hostile:
         if reason is not None:
@@ -697,6 +714,10 @@ def hostile_input(bootstrap: str, work: Path, encoder: TextEncoder, *, fuzzed: i
             time.sleep(0.2)
         time.sleep(1.0)
         tally.worker_deaths = len(cluster.dead())
+        ready = cluster.ready("w")
+        if not ready.get("ready"):
+            tally.users_wrong += 1
+        tally.notes.append(f"/ready afterwards: {ready}")
     finally:
         cluster.stop_all()
         watcher.stop()
@@ -723,8 +744,7 @@ def backpressure(bootstrap: str, work: Path, encoder: TextEncoder, *, seconds: f
     items = catalog()
     # Size the flood by the producer's speed: roughly 10x what one worker applies.
     load = make_workload(int(seconds * 15_000), users, seed=seed, items=items)
-    tally = Tally(f"flood: ~{len(load.sends) / seconds:,.0f} events/s offered for {seconds:.0f} s",
-                  "1", len(load.sends), load.unique)  # fmt: skip
+    tally = Tally("flood", "1", len(load.sends), load.unique)
     expected = expected_states(cluster, load.sends, items, encoder)
     watcher = Watcher(cluster)
     watcher.start()
@@ -738,12 +758,18 @@ def backpressure(bootstrap: str, work: Path, encoder: TextEncoder, *, seconds: f
             time.sleep(0.2)
         flood_start = time.monotonic()
         sender = cluster.send(load.sends[10:])
+        sent_s = None
         while sender.is_alive() or not converged(watcher, expected):
-            if cluster.dead() or time.monotonic() - flood_start > 900:
+            if sent_s is None and not sender.is_alive():
+                sent_s = time.monotonic() - flood_start
+            if cluster.dead() or time.monotonic() - flood_start > 1800:
                 break
             rss.append(cluster.rss_mb("w"))
             time.sleep(1.0)
-        sent_s = time.monotonic() - flood_start
+        if sent_s:
+            tally.scenario = (f"flood: {len(load.sends):,} events produced in {sent_s:.0f} s "
+                              f"({len(load.sends) / sent_s:,.0f}/s)")  # fmt: skip
+        drained_s = time.monotonic() - flood_start
         wait_converged(watcher, expected, 120)
         tally.worker_deaths = len(cluster.dead())
     finally:
@@ -752,7 +778,7 @@ def backpressure(bootstrap: str, work: Path, encoder: TextEncoder, *, seconds: f
     if rss:
         q = len(rss) // 4 or 1
         tally.notes.append(f"worker RSS MB: first quarter max {max(rss[:q]):.0f}, last quarter max "
-                           f"{max(rss[-q:]):.0f}, overall max {max(rss):.0f}; drained {sent_s:.0f} s "
+                           f"{max(rss[-q:]):.0f}, overall max {max(rss):.0f}; drained {drained_s:.0f} s "
                            f"after the flood began")  # fmt: skip
     tally.seconds = time.monotonic() - t0
     return verdict(tally, cluster, watcher, expected)
