@@ -34,7 +34,7 @@ FULL = {
     "kill9": {"events": 100_000, "users": 5_000, "kills": 20},
     "multi": {"events": 60_000, "users": 3_000, "rate": 600},
     "broker": {"events": 20_000, "users": 1_000},
-    "lost": {"users": 100_000},
+    "lost": {"users": 50_000},
     "hostile": {"fuzzed": 10_000},
     "flood": {"seconds": 20, "users": 10_000},
 }

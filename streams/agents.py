@@ -234,11 +234,12 @@ async def apply_partition(
 
 def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
     """The records of ``batch`` to process, in order; where partitions with a gap must seek back."""
+    committed = app.consumer._committed_offset  # what faust sought each partition to (or None)
     records, seeks = [], {}
     for record in batch:
         msg = record.message
         tp = TP(msg.topic, msg.partition)
-        verdict = ledger.admit(tp, msg.offset, msg.generation_id)
+        verdict = ledger.admit(tp, msg.offset, msg.generation_id, committed.get(msg.tp))
         if verdict is Verdict.PROCESS and tp not in seeks:
             records.append(record)
         elif verdict is Verdict.SEEK:

@@ -90,11 +90,19 @@ class OffsetLedger:
         return (generation, rebalances) == self._assignment
 
     # -- admission: called for each record, in the order the stream delivers them -----------------
-    def admit(self, tp: TP, offset: int, generation: int | None = None) -> Verdict:
+    def admit(
+        self, tp: TP, offset: int, generation: int | None = None, committed: int | None = None
+    ) -> Verdict:
+        """``committed``: the partition's committed offset as the consumer last saw it (a hint for the
+        first record of an assignment, which should sit exactly there)."""
         if generation is not None and generation != self._consumer_generation:
             return Verdict.STALE
         read = self._read.get(tp)
         if read is None:  # first record of this partition in this assignment: faust sought it here
+            if committed is not None and offset > committed:
+                # ... but records were skipped between the committed offset and this one.
+                self._read[tp] = self._done[tp] = committed
+                return self.admit(tp, offset)
             self._read[tp] = offset + 1
             self._done.setdefault(tp, offset)
             return Verdict.PROCESS

@@ -86,3 +86,12 @@ def test_lag_counts_what_is_not_done():
     ledger.admit(B, 0)
     assert ledger.lag({A: 25, B: 4}) == 15 + 4
     assert ledger.lag({A: None}) == 0
+
+
+def test_the_first_record_of_an_assignment_must_sit_at_the_committed_offset():
+    ledger = OffsetLedger()
+    assert ledger.admit(A, 40, committed=37) is Verdict.SEEK  # 37..39 skipped right after the seek
+    assert ledger.read_offset(A) == 37
+    assert ledger.admit(A, 37) is Verdict.PROCESS
+    assert ledger.admit(B, 5, committed=5) is Verdict.PROCESS
+    assert ledger.admit(TP("order", 1), 2, committed=None) is Verdict.PROCESS  # nothing committed yet
