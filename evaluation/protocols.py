@@ -24,6 +24,8 @@ from evaluation.metrics import CategoryPredictions, rank_metrics
 from evaluation.scorers import Batch, Histories, Scorer
 from models.core import InterestCore
 from models.events import Event, Item
+from models.head import SoftmaxHead
+from models.sharding import partition_for
 
 Progress = Callable[[int], None]  # called with the number of events just processed
 
@@ -69,14 +71,53 @@ def _category_baselines(applied: list[tuple[Event, Item]], classes: list[str]) -
     return out
 
 
+def replay_partitioned(
+    core: InterestCore,
+    events: list[tuple[Event, Item]],
+    embeddings: dict[str, np.ndarray],
+    partitions: int,
+    sync_every: int,
+    batch_size: int = 256,
+) -> tuple[dict[str, np.ndarray], list[SoftmaxHead]]:
+    """The head as the worker trains it: one replica per partition (users split by Kafka's partitioner),
+    each micro-batch applied partition by partition, and every ``sync_every`` events (0: never) each
+    replica folds in the others (``SoftmaxHead.fold_in``, as ``streams/replicas.py`` does on a timer).
+
+    Returns each applied event's prediction before it, by event id, as (classes of its replica at that
+    time, probabilities), and the replicas."""
+    heads = [core.new_head() for _ in range(partitions)]
+    states: dict = {}
+    predictions: dict[str, tuple[list[str], np.ndarray]] = {}
+    since_sync = 0
+    for batch in batches(events, batch_size):
+        groups: dict[int, list[tuple[Event, Item]]] = defaultdict(list)
+        for event, item in batch:
+            groups[partition_for(event.user_id.encode(), partitions)].append((event, item))
+        for p, group in groups.items():
+            out = core.apply(group, embeddings, states, heads[p])
+            states.update(out.states)
+            for (event, _), pred in zip(out.applied, out.predictions, strict=True):
+                predictions[event.event_id] = (heads[p].classes[: len(pred)], pred)
+        since_sync += len(batch)
+        if sync_every and since_sync >= sync_every:
+            published = [SoftmaxHead.from_bytes(h.to_bytes()) for h in heads]  # what each one last wrote
+            for p, head in enumerate(heads):
+                head.fold_in([h for q, h in enumerate(published) if q != p])
+            since_sync = 0
+    return predictions, heads
+
+
 def run_prequential(
     log: EventLog,
     cores: dict[str, InterestCore],
     embeddings: dict[str, np.ndarray],
     batch_size: int = 256,
     progress: Progress | None = None,
+    deployed: dict[str, tuple[int, int]] | None = None,
 ) -> PrequentialResult:
-    """``cores``: named configurations of the core; the first is the default model."""
+    """``cores``: named configurations of the core; the first is the default model. ``deployed``: more
+    rows for the default core trained as the worker trains it, name -> (partitions, sync_every events):
+    ``replay_partitioned``."""
     classes = sorted({c for _, item in log.events for c in item.categories})
     col = {c: k for k, c in enumerate(classes)}
     users = {u: k for k, u in enumerate(log.users)}
@@ -104,6 +145,16 @@ def run_prequential(
             applied_ref = [applied[n] for n in keep]
         models[name] = CategoryPredictions(classes, proba, np.zeros(0), np.zeros(0, np.int64))
     assert applied_ref is not None
+    default = next(iter(cores.values()))
+    for name, (partitions, sync_every) in (deployed or {}).items():
+        by_id, _ = replay_partitioned(default, log.events, embeddings, partitions, sync_every, batch_size)
+        proba = np.zeros((len(applied_ref), len(classes)))
+        for row, (event, _) in enumerate(applied_ref):
+            names, p = by_id[event.event_id]
+            proba[row, [col[c] for c in names]] = p
+        models[name] = CategoryPredictions(classes, proba, np.zeros(0), np.zeros(0, np.int64))
+        if progress is not None:
+            progress(len(log.events))
     truth = np.zeros((len(applied_ref), len(classes)))
     cold = np.zeros(len(applied_ref), bool)
     for row, (event, item) in enumerate(applied_ref):

@@ -65,6 +65,10 @@ class EvalOptions:
     sasrec_budget_s: float = 1800.0
     sasrec_epochs: int = 200
     seed: int = 0
+    partitions: int = 4
+    """Also score the head as the worker trains it: one replica per partition (0: skip those rows)."""
+    head_sync_events: int = 2560
+    """... folding in the other replicas every this many events (the worker: every ``head_sync_s``)."""
 
 
 # The default model's ablations and grids: name -> InterestConfig changes.
@@ -261,14 +265,22 @@ def evaluate(
         cores = {"default": core}
         if opts.ablations:
             cores |= {f"default: {n}": with_config(core, **ch) for n, ch in PREQUENTIAL_VARIANTS.items()}
-        total, done = len(log.events) * len(cores), 0
+        deployed = {}
+        if opts.partitions:
+            deployed[f"deployed ({opts.partitions} partition replicas)"] = (
+                opts.partitions,
+                opts.head_sync_events,
+            )
+            if opts.ablations:
+                deployed["deployed: replicas never synced"] = (opts.partitions, 0)
+        total, done = len(log.events) * (len(cores) + len(deployed)), 0
 
         def progress(n: int) -> None:
             nonlocal done
             done += n
             status("prequential: replaying every event", done, total)
 
-        preq = run_prequential(log, cores, embeddings, opts.batch_size, progress)
+        preq = run_prequential(log, cores, embeddings, opts.batch_size, progress, deployed)
         numbers["prequential"] = _prequential_numbers(preq, opts, status)
         numbers["prequential_over_time"] = _rolling_accuracy(preq)
         seconds["prequential"] = round(time.perf_counter() - t0, 1)

@@ -182,6 +182,20 @@ class SoftmaxHead:
         out.b *= scale
         return out
 
+    def fold_in(self, others: list[SoftmaxHead]) -> None:
+        """Take the example-weighted average of this replica and ``others`` as this replica's weights.
+
+        The replica keeps its own class order (others' new classes are appended) and its own statistics,
+        so it goes on training from the shared model while the weights stay counted once: federated
+        averaging, the way partition replicas on several workers share one head.
+        """
+        if not others:
+            return
+        merged = SoftmaxHead.merge([self, *others])
+        self.classes = merged.classes
+        self._index = merged._index
+        self.W, self.b = merged.W, merged.b
+
     # -- persistence -----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         meta = {

@@ -7,6 +7,7 @@ file only moves bytes between Kafka, the tables and the core, and routes bad rec
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -22,17 +23,18 @@ from pathlib import Path
 import faust.streams
 import faust.types
 import numpy as np
-from aiokafka.partitioner import murmur2
 from faust.types import EventT, StreamT
 
 from models.core import InterestCore, InterestUpdate
 from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
 from models.head import PrequentialStats
 from models.interest import UserState
+from models.sharding import partition_for
 from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
 from streams.catalog import Catalog
 from streams.checkpoint import TP, OffsetLedger, Verdict
 from streams.checkpoint import install as install_checkpoint
+from streams.replicas import HeadExchange
 from streams.settings import build_core
 from streams.topics import ensure_topics
 
@@ -63,14 +65,25 @@ unacknowledged: list[asyncio.Future] = []
 """Sends of the current batch (updates, dead letters) that the broker has not acknowledged yet."""
 
 _core: InterestCore | None = None
+_loading: concurrent.futures.Future | None = None
 
 
-def load_core() -> InterestCore:
-    """Load the encoder once per process (an agent restarted by its supervisor reuses it)."""
+def start_loading_core() -> concurrent.futures.Future:
+    """Load the encoder in a thread, once per process, so it overlaps faust's start-up (joining the
+    group, restoring tables): after a crash that is most of the time to the first update."""
+    global _loading
+    if _loading is None:
+        _loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="load-core").submit(
+            build_core, settings
+        )
+    return _loading
+
+
+async def load_core() -> InterestCore:
+    """The core, once loaded (an agent restarted by its supervisor reuses it)."""
     global _core
-    if _core is not None:
-        return _core
-    _core = build_core(settings)
+    if _core is None:
+        _core = await asyncio.wrap_future(start_loading_core())
     return _core
 
 
@@ -99,11 +112,17 @@ class TableStates:
 
 
 catalog = Catalog(settings.broker, settings.items_topic, Path(settings.state_dir) / "catalog")
+head_exchange = HeadExchange(settings.broker, heads.changelog_topic.get_topic_name(), settings.head_sync_s)
 
 
 @app.task
 async def read_catalog() -> None:
     await catalog.run()
+
+
+@app.task
+async def follow_head_replicas() -> None:
+    await head_exchange.run()
 
 
 def resolve(event: Event) -> Item:
@@ -137,23 +156,19 @@ async def dead_letter(event: EventT, reason: str, message: str) -> asyncio.Futur
     return sent
 
 
-def _partition_for(key: bytes) -> int:
-    """The partition Kafka's default (murmur2) partitioner gives ``key``: the one the user lives on."""
-    return (murmur2(key) & 0x7FFFFFFF) % settings.partitions
-
-
 def decode(record: EventT) -> Event:
     """Parse and check one record; ``InvalidEvent`` says why it is rejected."""
     msg = record.message
     event = parse_event(record.value, settings.event_topics[msg.topic], msg.key, offset=msg.offset,
                         require_key=settings.strict_partitioning,
                         latest_ts=time.time() + settings.max_future_s)  # fmt: skip
-    if settings.strict_partitioning and _partition_for(msg.key) != msg.partition:
+    home = partition_for(msg.key, settings.partitions) if msg.key is not None else msg.partition
+    if settings.strict_partitioning and home != msg.partition:
         raise InvalidEvent(
             "wrong_partition",
-            f"key {msg.key[:64]!r} belongs on partition {_partition_for(msg.key)} under Kafka's default "
-            f"(murmur2) partitioner, not {msg.partition}; all of a user's events must share one "
-            "partition (librdkafka clients: partitioner=murmur2_random)",
+            f"key {msg.key[:64]!r} belongs on partition {home} under Kafka's default (murmur2) partitioner, "
+            f"not {msg.partition}; all of a user's events must share one partition (librdkafka clients: "
+            "partitioner=murmur2_random)",
         )
     return event
 
@@ -214,6 +229,7 @@ async def apply_partition(
     source = {id(event): record for record, event, _ in group}
     with partition_of(group[0][0]):
         head = core.load_head(heads.get(head_key))
+        head_exchange.maybe_fold(head, partition)
         scored_before = dataclasses.replace(head.stats)  # a copy: apply() updates it in place
         result = core.apply([(e, i) for _, e, i in group], embeddings, TableStates(), head)
         for user_id, state in result.states.items():
@@ -330,7 +346,7 @@ async def interest_agent(stream: StreamT) -> None:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, ensure_topics, settings)  # outputs must exist before we send
     install_checkpoint(app, ledger, settings.event_topics)
-    core = await loop.run_in_executor(None, load_core)
+    core = await load_core()
     # Events that name catalog items must not be dead-lettered as unknown while the catalog loads.
     while not await catalog.wait_caught_up(10.0):
         log.warning("waiting for the item catalog to load (%d items so far)", catalog.loaded)

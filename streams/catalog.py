@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -89,30 +90,54 @@ class Catalog:
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         self.db = Rdict(str(self.path))
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    group_id=None, auto_offset_reset="earliest")  # fmt: skip
-        await consumer.start()
-        try:
-            while self.topic not in await consumer.topics():
-                await asyncio.sleep(0.5)  # the topic is created by whoever produces first
-            parts = consumer.partitions_for_topic(self.topic) or {0}
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            while True:
-                asked = time.monotonic()
-                ends = await consumer.end_offsets(tps)
-                batch = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
-                for records in batch.values():
-                    for r in records:
-                        self._apply(r.key, r.value)
-                for tp in tps:
-                    self._positions[tp.partition] = await consumer.position(tp)
-                async with self._progress:
-                    self._ends = {tp.partition: ends[tp] for tp in tps}
-                    self._ends_asked_at = asked
-                    self._progress.notify_all()
-        finally:
-            # The store stays open: an agent finishing its last batch during shutdown still reads it
-            # (it is rebuilt at the next start anyway).
-            await consumer.stop()
+
+        async def on_round(positions: dict[int, int], ends: dict[int, int], asked: float) -> None:
+            self._positions = positions
+            async with self._progress:
+                self._ends = ends
+                self._ends_asked_at = asked
+                self._progress.notify_all()
+
+        await follow_topic(self.bootstrap, self.topic, self._apply, on_round)
+        # The store stays open: an agent finishing its last batch during shutdown still reads it (it is
+        # rebuilt at the next start anyway).
+
+
+async def follow_topic(
+    bootstrap: str,
+    topic: str,
+    apply: Callable[[bytes | None, bytes | None], None],
+    on_round: Callable[[dict[int, int], dict[int, int], float], Awaitable[None]] | None = None,
+) -> None:
+    """Read every partition of ``topic`` from the beginning, for ever: ``apply(key, value)`` per record.
+
+    For compacted topics that every worker needs whole (the item catalog, the head replicas), outside
+    the consumer group. After each round ``on_round(positions, end offsets, when the ends were asked)``.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024**2,  # head replicas can be near 1 MB
+    )
+    await consumer.start()
+    try:
+        while topic not in await consumer.topics():
+            await asyncio.sleep(0.5)  # the topic is created by whoever produces first
+        parts = consumer.partitions_for_topic(topic) or {0}
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            asked = time.monotonic()
+            ends = await consumer.end_offsets(tps)
+            batch = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    apply(r.key, r.value)
+            if on_round is not None:
+                positions = {tp.partition: await consumer.position(tp) for tp in tps}
+                await on_round(positions, {tp.partition: ends[tp] for tp in tps}, asked)
+    finally:
+        await consumer.stop()

@@ -64,8 +64,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"interest-stream worker: {lost}", file=sys.stderr)
     ensure_topics(settings)
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = settings.broker  # streams.app reads the same settings
+    from streams.agents import start_loading_core
     from streams.app import app
 
+    start_loading_core()  # the encoder loads while faust starts
     sys.argv = ["interest-stream", "worker", "-l", args.loglevel, *args.faust_args]
     app.main()
     return 0
@@ -186,6 +188,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     opts = EvalOptions(
         protocol=args.protocol,
         ablations=not args.no_ablations,
+        partitions=args.partitions,
+        head_sync_events=args.head_sync_events,
         sasrec=not args.no_sasrec,
         sasrec_budget_s=args.sasrec_budget,
         sasrec_epochs=args.sasrec_epochs,
@@ -320,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sasrec-budget", type=float, default=1800.0, metavar="S", help="SASRec training cap, s")
     e.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec epoch cap")
     e.add_argument("--no-ablations", action="store_true", help="only the default model and the baselines")
+    e.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help="also score the head as deployed: one replica per partition (0: skip)",
+    )
+    e.add_argument(
+        "--head-sync-events",
+        type=int,
+        default=2560,
+        metavar="N",
+        help="deployed replicas fold each other in every N events",
+    )
     e.add_argument("--max-users", type=int, default=None, help="only the first N users (quick runs)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.add_argument("--state-dir", default=None, help="embedding cache folder (default: .state/evaluate)")

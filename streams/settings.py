@@ -54,6 +54,9 @@ class Settings:
     (a worker's identity is its state), so two workers never share one."""
     session_timeout_s: float = 10.0
     """How long the group waits for a silent worker before its partitions move to the others."""
+    head_sync_s: float = 30.0
+    """Every this many seconds per partition, its head replica folds in the other partitions' replicas
+    (``streams/replicas.py``), so all workers train one shared head; 0 keeps the replicas apart."""
     max_failed_batches: int = 10
     """After this many failed batches in a row (not input: the broker, the store) the worker exits so its
     supervisor restarts it; with backoff that is about half a minute of trying."""

@@ -181,3 +181,32 @@ def test_evaluate_explains_bad_input(tmp_path):
     (tmp_path / "items.jsonl").write_text('{"item_id": "i", "title": "A thing", "categories": ["c"]}\n')
     run = _evaluate(tmp_path, "out", "--protocol", "loo")
     assert run.returncode == 2 and "at least 3 events" in run.stderr
+
+
+def test_deployed_replay_with_one_partition_is_the_single_head_and_replicas_share_when_synced(encoder):
+    from evaluation.protocols import replay_partitioned
+    from models.cache import CachedEncoder
+    from models.config import InterestConfig
+    from models.core import InterestCore
+    from models.events import Event, Item
+
+    core = InterestCore(InterestConfig(), CachedEncoder(encoder))
+    genres = ["Drama", "Comedy", "Action", "Horror"]
+    items = [Item(f"Film {k}", categories=(genres[k % 4],)) for k in range(8)]
+    events = [(Event(f"e{n}", f"u{n % 9}", f"i{n % 8}", 1e9 + n, "click"), items[(n * 3 + n // 9) % 8])
+              for n in range(400)]  # fmt: skip
+    embeddings = core.embed(items)
+    one, _ = replay_partitioned(core, events, embeddings, partitions=1, sync_every=0, batch_size=50)
+    head, states, reference = core.new_head(), {}, {}
+    for k in range(0, len(events), 50):
+        out = core.apply(events[k : k + 50], embeddings, states, head)
+        states.update(out.states)
+        reference.update({e.event_id: p for (e, _), p in zip(out.applied, out.predictions, strict=True)})
+    for event_id, (_, p) in one.items():
+        np.testing.assert_array_equal(p, reference[event_id])
+    _, apart = replay_partitioned(core, events, embeddings, partitions=3, sync_every=0, batch_size=50)
+    _, shared = replay_partitioned(core, events, embeddings, partitions=3, sync_every=100, batch_size=50)
+    assert sum(h.stats.n for h in shared) == sum(h.stats.n for h in apart) == 400  # each event once
+    every = {c for h in apart for c in h.classes}
+    assert any(set(h.classes) != every for h in apart)  # alone, a replica misses what others saw
+    assert all(set(h.classes) == every for h in shared)  # synced, each one knows every category

@@ -105,3 +105,16 @@ def test_sgd_step_is_the_checked_gradient():
     np.testing.assert_allclose(head.W, W0 - 0.3 * gW, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(head.b, b0 - 0.3 * gb, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(loss + 0.5 * 0.01 * np.sum(W0 * W0), ref_loss, rtol=1e-5)
+
+
+def test_fold_in_shares_weights_but_keeps_own_class_order_and_counts():
+    a, b = SoftmaxHead(2), SoftmaxHead(2)
+    a.add_classes(["y", "x"])
+    b.add_classes(["x", "z"])
+    a.W[:] = [[2, 2], [1, 1]]
+    b.W[:] = [[3, 3], [6, 6]]
+    a.stats.n, b.stats.n = 3, 1
+    a.fold_in([b])
+    assert a.classes == ["y", "x", "z"] and a.stats.n == 3  # its own order first, its own count
+    np.testing.assert_allclose(a.W[:, 0], [2, 0.75 * 1 + 0.25 * 3, 6])
+    assert b.classes == ["x", "z"]  # the others are read, not changed
