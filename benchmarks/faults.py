@@ -8,7 +8,7 @@ Scenarios (tests/faults.py has the code; tests/test_faults.py runs the same at C
   broker  : the broker stops and starts with its data kept, then restarts with its data wiped
   lost    : a stopped worker's state folder is deleted; it rebuilds from the changelogs
   hostile : a poison event, 10,000 fuzzed/mutated records, unkeyed, misrouted and future-dated events
-  flood   : a producer far faster than the worker (~15,000 events/s for 20 s); memory, loss and drain
+  flood   : a producer far faster than the worker (~15,000 events/s for 15 s); memory, loss and drain
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from streams.devbroker import LocalBroker  # noqa: E402
 
 FULL = {
     "kill9": {"events": 100_000, "users": 5_000, "kills": 20},
-    "multi": {"events": 60_000, "users": 3_000, "rate": 600},
+    "multi": {"events": 40_000, "users": 2_000, "rate": 500},
     "broker": {"events": 20_000, "users": 1_000},
-    "lost": {"users": 50_000},
+    "lost": {"users": 20_000},
     "hostile": {"fuzzed": 10_000},
-    "flood": {"seconds": 20, "users": 10_000},
+    "flood": {"seconds": 15, "users": 10_000},
 }
 QUICK = {
     "kill9": {"events": 6000, "users": 300, "kills": 4},
