@@ -191,7 +191,9 @@ def _prequential_numbers(result: PrequentialResult, opts: EvalOptions, status: S
     for k, name in enumerate(names):
         status("prequential: bootstrap intervals", k, len(names))
         pred = result.models[name]
-        full = name in ("default", "popularity", "most_frequent", "last_category")
+        full = name in ("default", "popularity", "most_frequent", "last_category") or name.startswith(
+            "deployed ("
+        )
         n_boot = opts.n_boot_classification if full else 0
         ci = bootstrap_classification(pred, result.n_users, n_boot, opts.seed)
         entry: dict[str, Any] = {m: v.as_list() for m, v in ci.items()}

@@ -99,6 +99,16 @@ def make_workload(n_events: int, n_users: int, *, dup_rate: float = 0.05, seed: 
 
 
 # -- a cluster of worker processes on one broker --------------------------------------------------------
+def stop_worker(proc: subprocess.Popen) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it takes more than 90 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Cluster:
     """Topics, settings and worker processes of one scenario, under its own app id."""
 
@@ -137,13 +147,7 @@ class Cluster:
         proc.wait()
 
     def stop(self, worker: str) -> None:
-        proc = self.procs.pop(worker)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_worker(self.procs.pop(worker))
 
     def stop_all(self) -> None:
         for worker in list(self.procs):

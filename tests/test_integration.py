@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from faults import stop_worker
 from kafka import KafkaConsumer, KafkaProducer
 
 from models.cache import CachedEncoder
@@ -88,15 +88,6 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     fh = open(log, "ab")  # noqa: SIM115 - handed to the child process
     return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO,
                             stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
-
-
-def stop_worker(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def wait_for(cond, timeout_s: float, what: str, log: Path) -> None:
