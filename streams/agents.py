@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
@@ -217,8 +218,24 @@ async def embed_all(core: InterestCore, items: list[Item]) -> dict[str, np.ndarr
     return out
 
 
+class Rebalanced(Exception):  # noqa: N818 - a condition, not an error
+    """A rebalance began while a batch was under way: the batch is dropped (nothing of it is committed)."""
+
+
+def still_owner(rebalances: int) -> None:
+    """Raise ``Rebalanced`` if a rebalance has begun since the batch began (``rebalances`` was the count
+    then) or is under way: the partitions may belong to another worker by now, and writing their state
+    would race the new owner's, which restores the changelog and redoes everything uncommitted."""
+    if app.rebalancing_count != rebalances or not app.consumer.flow_active:
+        raise Rebalanced
+
+
 async def apply_partition(
-    core: InterestCore, partition: int, group: list[tuple[EventT, Event, Item]], embeddings: dict
+    core: InterestCore,
+    partition: int,
+    group: list[tuple[EventT, Event, Item]],
+    embeddings: dict,
+    rebalances: int,
 ) -> list[InterestUpdate]:
     """Apply one partition's events and write its states and head; return the updates to publish.
 
@@ -227,6 +244,7 @@ async def apply_partition(
     """
     head_key = str(partition).encode()
     source = {id(event): record for record, event, _ in group}
+    still_owner(rebalances)  # no await between this check and the writes below
     with partition_of(group[0][0]):
         head = core.load_head(heads.get(head_key))
         head_exchange.maybe_fold(head, partition)
@@ -292,10 +310,10 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
     published for a state that a crash could still undo. Only a batch whose every effect the broker has
     acknowledged is marked done in the ledger, and only done offsets are committed (``streams.checkpoint``).
     """
-    ledger.begin(app.consumer_generation_id, app.rebalancing_count)
+    rebalances = app.rebalancing_count
+    ledger.begin(app.consumer_generation_id, rebalances)
     generation = ledger.generation
     records, seeks = admit(batch)
-    await seek(seeks)
     first: dict[TP, int] = {}
     last: dict[TP, int] = {}
     for record in records:
@@ -303,6 +321,7 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         first.setdefault(tp, record.message.offset)
         last[tp] = record.message.offset
     try:
+        await seek(seeks)
         valid = await resolve_all(records)
         by_partition: dict[int, list[tuple[EventT, Event, Item]]] = defaultdict(list)
         for entry in valid:
@@ -311,10 +330,18 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         if by_partition:
             embeddings = await embed_all(core, [item for _, _, item in valid])
             for partition, group in by_partition.items():
-                updates += await apply_partition(core, partition, group, embeddings)
+                updates += await apply_partition(core, partition, group, embeddings, rebalances)
         await asyncio.gather(*take_unacknowledged())  # states, heads, dead letters: the broker has them
         await publish(updates)
         await asyncio.gather(*take_unacknowledged())
+    except Rebalanced:
+        take_unacknowledged()
+        log.info("batch of %d records dropped: a rebalance began; their partitions' owner reads them "
+                 "again", len(records))  # fmt: skip
+        with contextlib.suppress(Exception):  # mid-rebalance a seek may be refused; faust seeks after it
+            await seek(ledger.failed(first, generation))
+        await asyncio.sleep(0.2)
+        return
     except Exception:
         # Not input (that goes to the DLQ): the broker, the store. Nothing of this batch is committed;
         # read it again from what is done (its users' offsets make the replay exact).
@@ -339,6 +366,17 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         counters.first_update_s = time.monotonic() - counters.started
         log.info("first interest update %.2fs after the worker started", counters.first_update_s)
     counters.batches += 1
+
+
+@app.on_partitions_revoked.connect
+async def drain_before_handing_over(sender: object, revoked: object, **kwargs: object) -> None:
+    """Before partitions move, every record this worker has issued reaches the broker: the new owner
+    restores the changelog afterwards, and a late state record of ours must not land after its own.
+    (faust flushes here too, but its buffer flush gives up after 0.1 s without progress.)"""
+    producer = app.producer
+    while producer.buffer.size:
+        await producer.buffer.flush()
+    await producer.flush()
 
 
 @app.agent(event_topic)
