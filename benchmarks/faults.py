@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +32,7 @@ import faults  # noqa: E402
 from models.encoder import TextEncoder  # noqa: E402
 from streams.devbroker import LocalBroker  # noqa: E402
 
+ORDER = ["kill9", "multi", "broker", "broker-wiped", "lost", "hostile", "flood"]
 FULL = {
     "kill9": {"events": 100_000, "users": 5_000, "kills": 20},
     "multi": {"events": 40_000, "users": 2_000, "rate": 500},
@@ -60,7 +63,7 @@ def main() -> int:
     encoder = TextEncoder()
     broker = LocalBroker(work / "broker")
     bootstrap = broker.start().bootstrap
-    tallies: list[faults.Tally] = []
+    tallies: list[tuple[str, faults.Tally]] = []
     t0 = time.monotonic()
     try:
         for name in wanted:
@@ -82,26 +85,38 @@ def main() -> int:
                 raise SystemExit(f"unknown scenario {name}")
             for tally in got:
                 print(json.dumps(tally.row()), tally.notes, flush=True)
-            tallies.extend(got)
+            keys = ["broker", "broker-wiped"] if name == "broker" else [name]
+            tallies.extend(zip(keys, got, strict=True))
     finally:
         broker.stop()
     write_report(Path(args.out), tallies, sizes, wanted, time.monotonic() - t0, args.quick)
-    return 0 if all(t.ok() for t in tallies) else 1
+    return 0 if all(t.ok() for _, t in tallies) else 1
 
 
 def write_report(out: Path, tallies: list[faults.Tally], sizes: dict, wanted: list[str], seconds: float,
                  quick: bool) -> None:  # fmt: skip
+    """faults.md and faults.json; a run of some scenarios (``--only``) replaces just their rows."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = [t.row() for t in tallies]
-    cmd = "python benchmarks/faults.py" + (" --quick" if quick else "")
-    if wanted != list(FULL):
-        cmd += f" --only {','.join(wanted)}"
+    name = "faults-quick" if quick else "faults"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    cmd = "python benchmarks/faults.py" + (" --quick" if quick else "") + f" --only {','.join(wanted)}"
+    new = [{"key": key, **t.row(), "commit": commit, "command": cmd, "date": time.strftime("%Y-%m-%d"),
+            "notes": t.notes} for key, t in tallies]  # fmt: skip
+    old_path = out / f"{name}.json"
+    kept = []
+    if old_path.exists():
+        rerun = {key for key, _ in tallies}
+        kept = [row for row in json.loads(old_path.read_text()) if row.get("key") not in rerun]
+    rows = sorted(kept + new, key=lambda row: ORDER.index(row["key"]))
+    old_path.write_text(json.dumps(rows, indent=1))
     lines = [
         "# Fault-injection report",
         "",
-        f"Command: `{cmd}` (`make faults`), {time.strftime('%Y-%m-%d')}, on {platform.machine()} with "
-        f"{__import__('os').cpu_count()} cores, one local Kafka broker (KRaft, from Maven Central) on the "
-        f"same machine; {seconds / 60:.0f} min in all. Sizes: `{json.dumps({k: sizes[k] for k in wanted})}`.",
+        f"`make faults` (= `python benchmarks/faults.py`), on {platform.machine()} with "
+        f"{os.cpu_count()} cores and one local Kafka broker (KRaft, from Maven Central) on the same machine. "
+        f"Sizes: `{json.dumps(FULL if not quick else QUICK)}`. Each row says the commit and command that "
+        "produced it (a run of some scenarios replaces their rows).",
         "",
         "Each scenario's expected result is a single clean pass of the same events through the core "
         "(`models.replay`). *Lost* and *applied twice* compare every user's `events_applied` in the "
@@ -111,19 +126,18 @@ def write_report(out: Path, tallies: list[faults.Tally], sizes: dict, wanted: li
         "other content. Recovery: from the fault to the first interest update after it.",
         "",
     ]
-    cols = list(rows[0]) if rows else []
+    cols = [c for c in rows[0] if c not in ("key", "notes", "command", "date")] if rows else []
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for row in rows:
         lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
     lines.append("")
-    for tally in tallies:
-        if tally.notes:
-            lines.append(f"- **{tally.scenario}**: " + "; ".join(tally.notes))
+    for row in rows:
+        lines.append(
+            f"- **{row['scenario']}** ({row['date']}, `{row['command']}`): " + "; ".join(row["notes"])
+        )
     lines.append("")
-    name = "faults-quick" if quick else "faults"
     (out / f"{name}.md").write_text("\n".join(lines))
-    (out / f"{name}.json").write_text(json.dumps([{**t.row(), "notes": t.notes} for t in tallies], indent=1))
     print(f"wrote {out / f'{name}.md'}")
 
 
