@@ -268,12 +268,12 @@ async def apply_partition(
 
 def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
     """The records of ``batch`` to process, in order; where partitions with a gap must seek back."""
-    committed = app.consumer._committed_offset  # what faust sought each partition to (or None)
+    committed = app.consumer._committed_offset  # what faust sought each partition to (None: 0 or none)
     records, seeks = [], {}
     for record in batch:
         msg = record.message
         tp = TP(msg.topic, msg.partition)
-        verdict = ledger.admit(tp, msg.offset, msg.generation_id, committed.get(msg.tp))
+        verdict = ledger.admit(tp, msg.offset, msg.generation_id, committed.get(msg.tp) or 0)
         if verdict is Verdict.PROCESS and tp not in seeks:
             records.append(record)
         elif verdict is Verdict.SEEK:
@@ -310,6 +310,12 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
     published for a state that a crash could still undo. Only a batch whose every effect the broker has
     acknowledged is marked done in the ledger, and only done offsets are committed (``streams.checkpoint``).
     """
+    if not app.consumer.flow_active:
+        # A rebalance is under way: these records were fetched before it. Their partitions' owner
+        # reads them again from the committed offsets once it is over; touching the ledger now could
+        # only start it from a wrong position.
+        await asyncio.sleep(0.1)
+        return
     rebalances = app.rebalancing_count
     ledger.begin(app.consumer_generation_id, rebalances)
     generation = ledger.generation

@@ -93,8 +93,9 @@ class OffsetLedger:
     def admit(
         self, tp: TP, offset: int, generation: int | None = None, committed: int | None = None
     ) -> Verdict:
-        """``committed``: the partition's committed offset as the consumer last saw it (a hint for the
-        first record of an assignment, which should sit exactly there)."""
+        """``committed``: the partition's committed offset as the consumer sought it (0 when there is
+        none): the first record of an assignment must sit exactly there, or what lies between is re-read
+        (never assumed done: a commit past unread records would lose them)."""
         if generation is not None and generation != self._consumer_generation:
             return Verdict.STALE
         read = self._read.get(tp)
@@ -180,6 +181,8 @@ def install(app: Any, ledger: OffsetLedger, input_topics: Iterable[str]) -> None
 
     async def commit_tps(tps: Iterable[Any], start_new_transaction: bool) -> bool:
         consumer._filter_committable_offsets(tps)  # keeps faust's ack lists short; offsets unused
+        if app.rebalancing or not consumer.flow_active:
+            return False  # mid-rebalance: what is done is committed by the next commit, or redone
         if not ledger.is_current(app.consumer_generation_id, app.rebalancing_count):
             return False  # rebalanced since the last batch: nothing of this generation is done yet
         assigned = {TP(tp.topic, tp.partition): tp for tp in consumer.assignment() if tp.topic in inputs}

@@ -398,6 +398,11 @@ def verdict(tally: Tally, cluster: Cluster, watcher: Watcher, expected: dict[str
             tally.last_update_missing += 1
     tally.dead_lettered = len(watcher.dead)
     tally.versions_backwards = watcher.backwards + watcher.republished_different
+    if tally.users_wrong:
+        wrong = [u for u, want in expected.items()
+                 if (states.get(u).events_applied if u in states else 0) != want.events_applied]  # fmt: skip
+        where = Counter(partition_for(u.encode(), cluster.settings.partitions) for u in wrong)
+        tally.notes.append(f"users with wrong counts by partition: {dict(sorted(where.items()))}")
     return tally
 
 
