@@ -64,7 +64,6 @@ def main() -> int:
     broker = LocalBroker(work / "broker")
     bootstrap = broker.start().bootstrap
     tallies: list[tuple[str, faults.Tally]] = []
-    t0 = time.monotonic()
     try:
         for name in wanted:
             size = sizes[name]
@@ -89,12 +88,11 @@ def main() -> int:
             tallies.extend(zip(keys, got, strict=True))
     finally:
         broker.stop()
-    write_report(Path(args.out), tallies, sizes, wanted, time.monotonic() - t0, args.quick)
+    write_report(Path(args.out), tallies, wanted, args.quick)
     return 0 if all(t.ok() for _, t in tallies) else 1
 
 
-def write_report(out: Path, tallies: list[faults.Tally], sizes: dict, wanted: list[str], seconds: float,
-                 quick: bool) -> None:  # fmt: skip
+def write_report(out: Path, tallies: list[tuple[str, faults.Tally]], wanted: list[str], quick: bool) -> None:
     """faults.md and faults.json; a run of some scenarios (``--only``) replaces just their rows."""
     out.mkdir(parents=True, exist_ok=True)
     name = "faults-quick" if quick else "faults"

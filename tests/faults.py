@@ -643,7 +643,7 @@ def predicted_reason(etype: str, key: bytes | None, value: bytes, items: dict[st
     return None
 
 
-def mutated_records(good: list[tuple[str, dict]], n: int, seed: int, settings: Settings,
+def mutated_records(good: list[tuple[str, dict]], n: int, seed: int,
                     items: dict[str, Item]) -> tuple[list, list]:  # fmt: skip
     """``n`` records derived from good events by random mutations: flipped and dropped bytes, cut
     values, removed fields, wrong types, mismatched keys, oversized values, random bytes. Returns
@@ -704,7 +704,7 @@ def hostile_input(bootstrap: str, work: Path, encoder: TextEncoder, *, fuzzed: i
     poison_user = good[0][1]["user_id"]
     poison = {"event_id": "poison-1", "user_id": poison_user, "item_id": "poison-item", "ts": 1_700_000_100,
               "item": {"title": POISON_TITLE, "categories": ["x"]}}  # fmt: skip
-    hostile, valid_extra = mutated_records(good, fuzzed, seed, cluster.settings, load.items)
+    hostile, valid_extra = mutated_records(good, fuzzed, seed, load.items)
     bad = [("click", poison_user.encode(), json.dumps(poison).encode(), None)]
     bad += [
         ("click", None, json.dumps(dict(good[1][1], event_id="nokey-1")).encode(), 0),
