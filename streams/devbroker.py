@@ -57,7 +57,15 @@ def ensure_jars(home: Path = KAFKA_HOME) -> Path:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id: 16 bytes, URL-safe base64.
+
+    One id in 64 would start with "-", which the storage tool's argument parser reads as an option
+    ("--cluster-id: expected one argument"); Kafka's own generator redraws those, and so do we.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:

@@ -1,5 +1,6 @@
 """No Docker engine runs here, so check the deployment files against the code instead of running them."""
 
+import base64
 import re
 from pathlib import Path
 
@@ -54,3 +55,16 @@ def test_dockerfile_installs_the_package_and_runs_the_worker():
     for path in re.findall(r"^COPY (\S+)", text, re.M):
         assert (REPO / path).exists(), path
     assert "HF_HUB_OFFLINE=1" in text
+
+
+def test_dev_broker_cluster_id_never_reads_as_an_option(monkeypatch):
+    """An id starting with "-" made `kafka-storage format -t <id>` fail (a CI run hit one in 64)."""
+    import uuid
+
+    from streams import devbroker
+
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(devbroker.uuid, "uuid4", lambda: next(draws))
+    cluster_id = devbroker._cluster_id()
+    assert not cluster_id.startswith("-")
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
