@@ -42,6 +42,16 @@ class CachedEncoder:
         self.hits = 0
         self.misses = 0
 
+    def load_weights(self) -> None:
+        """Load a lazily loading encoder's weights now rather than at the first cache miss."""
+        load = getattr(self.encoder, "load", None)
+        if load is not None:
+            load()
+
+    @property
+    def weights_loaded(self) -> bool:
+        return bool(getattr(self.encoder, "loaded", True))
+
     def _key(self, text: str) -> bytes:
         return self._prefix + hashlib.blake2b(text.encode(), digest_size=16).digest()
 

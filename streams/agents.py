@@ -70,13 +70,18 @@ _loading: concurrent.futures.Future | None = None
 
 
 def start_loading_core() -> concurrent.futures.Future:
-    """Load the encoder in a thread, once per process, so it overlaps faust's start-up (joining the
-    group, restoring tables): after a crash that is most of the time to the first update."""
+    """Build the core in a thread, once per process, then load the encoder's weights there too.
+
+    The core is ready as soon as its embedding cache is open: a restarted worker whose items are all
+    cached applies its first batch without waiting for torch (seconds of imports). The weights load
+    behind it, overlapping faust's start-up; the first cache miss waits for them (``TextEncoder.load``).
+    """
     global _loading
     if _loading is None:
-        _loading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="load-core").submit(
-            build_core, settings
-        )
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="load-core")
+        _loading = pool.submit(build_core, settings)
+        pool.submit(lambda: _loading.result().encoder.load_weights())
+        pool.shutdown(wait=False)
     return _loading
 
 
@@ -394,8 +399,9 @@ async def interest_agent(stream: StreamT) -> None:
     # Events that name catalog items must not be dead-lettered as unknown while the catalog loads.
     while not await catalog.wait_caught_up(10.0):
         log.warning("waiting for the item catalog to load (%d items so far)", catalog.loaded)
-    log.info("encoder %s ready (dim %d); batches of %d within %.2fs",
-             core.encoder.name, core.dim, settings.max_batch, settings.max_wait_s)  # fmt: skip
+    log.info("encoder %s (dim %d, weights %s); batches of %d within %.2fs", core.encoder.name, core.dim,
+             "loaded" if core.encoder.weights_loaded else "loading", settings.max_batch,
+             settings.max_wait_s)  # fmt: skip
     async for batch in stream.take_events(settings.max_batch, within=settings.max_wait_s):
         # Finish a started batch even if the agent is cancelled (shutdown, rebalance), so its effects
         # and the ledger agree; what is committed is decided by the ledger, not by take_events' acks.

