@@ -392,9 +392,9 @@ async def drain_before_handing_over(sender: object, revoked: object, **kwargs: o
 
 @app.agent(event_topic)
 async def interest_agent(stream: StreamT) -> None:
+    install_checkpoint(app, ledger, settings.event_topics)  # first: before faust's fetcher starts
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, ensure_topics, settings)  # outputs must exist before we send
-    install_checkpoint(app, ledger, settings.event_topics)
     core = await load_core()
     # Events that name catalog items must not be dead-lettered as unknown while the catalog loads.
     while not await catalog.wait_caught_up(10.0):

@@ -17,13 +17,14 @@ A commit, whoever triggers it (faust's commit timer, ``broker_commit_every``, sh
 Recovery therefore restarts from a point whose effects are all in Kafka. What is redelivered past it is
 recognised exactly: each user state records the input offsets it has applied (``models/interest.py``).
 
-The ledger also keeps each partition's records in offset order for the core. Offsets arrive in order
-within a partition; a jump ("gap") means records were skipped on the way (faust drops fetched records
-when a rebalance starts) or simply do not exist (transaction markers). Either way the worker seeks back
-to the first missing offset and drops later records until the re-fetch arrives: if the re-fetch starts
-past the gap, the gap was real and is accepted. A record past the gap that still arrives after the seek
-(faust was already iterating over it) has moved faust's own read position past the re-fetch, which faust
-would then drop: so each such record asks for the seek again.
+The ledger also keeps each partition's records in offset order for the core, and it is the only filter
+on input records: faust's own (it drops a record below the highest offset it has passed on, see
+``Consumer._drain_messages``) is switched off for the input topics by ``install``, because it also drops
+the records a seek back asks for again whenever a record fetched before the seek is drained after it.
+Offsets arrive in order within a partition; a jump ("gap") means records were skipped on the way (faust
+abandons records when a rebalance starts) or simply do not exist (transaction markers). Either way the
+worker seeks back to the first missing offset and drops later records until the re-fetch arrives: if the
+re-fetch starts past the gap, the gap was real and is accepted.
 
 Everything is per consumer generation: a rebalance starts a new ledger, and records fetched in an older
 generation are dropped (faust seeks to the committed offsets after a rebalance, so they come again).
@@ -52,6 +53,7 @@ class Verdict(Enum):
     PROCESS = "process"  # the next record of its partition
     SEEN = "seen"  # below the handled prefix: handled already in this assignment
     SEEK = "seek"  # past a gap: seek the partition back to ``Ledger.read_offset(tp)``, drop the record
+    AHEAD = "ahead"  # fetched before a seek back: dropped, the re-fetch brings it again
     STALE = "stale"  # fetched in an earlier consumer generation: dropped, it comes again
 
 
@@ -118,7 +120,7 @@ class OffsetLedger:
             self._read[tp] = offset + 1
             return Verdict.PROCESS
         if rewind is not None:
-            return Verdict.SEEK  # fetched before the seek; it moved faust's read position: seek again
+            return Verdict.AHEAD
         self._rewind[tp] = _Rewind(read, offset)
         self.gaps += 1
         log.warning("gap in %s: expected offset %d, got %d; seeking back", tp, read, offset)
@@ -168,8 +170,22 @@ class OffsetLedger:
         return list(self._done)
 
 
+class _UnfilteredInputs(dict):
+    """faust's per-partition read offsets, reading as "none" for the input topics (see the module doc)."""
+
+    def __init__(self, inputs: set[str], current: Mapping[Any, int | None]) -> None:
+        super().__init__(current)
+        self.inputs = inputs
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if tp.topic in self.inputs:
+            return None
+        return self.get(tp)
+
+
 def install(app: Any, ledger: OffsetLedger, input_topics: Iterable[str]) -> None:
-    """Make faust's consumer commit the ledger for the input topics.
+    """Make faust's consumer commit the ledger for the input topics, and pass every fetched input record
+    to the ledger. Call it before faust's fetcher starts (it binds the read-offset map when it does).
 
     faust's own bookkeeping of acks still runs (it trims its lists); only its result is replaced.
     """
@@ -178,6 +194,10 @@ def install(app: Any, ledger: OffsetLedger, input_topics: Iterable[str]) -> None
     if getattr(consumer, "_interest_ledger", None) is ledger:
         return
     consumer._interest_ledger = ledger
+    consumer._read_offset = _UnfilteredInputs(inputs, consumer._read_offset)
+    fetcher = getattr(app, "_fetcher", None)
+    if fetcher is not None and fetcher.started:  # it still filters until the next rebalance restarts it
+        log.warning("the offset ledger was installed after faust's fetcher started")
 
     async def commit_tps(tps: Iterable[Any], start_new_transaction: bool) -> bool:
         consumer._filter_committable_offsets(tps)  # keeps faust's ack lists short; offsets unused

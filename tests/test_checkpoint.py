@@ -49,7 +49,7 @@ def test_a_gap_seeks_back_and_holds_later_records_until_the_refetch():
     ledger.done({A: 1}, gen)
     assert ledger.admit(A, 5) is Verdict.SEEK  # 2..4 were skipped on the way
     assert ledger.read_offset(A) == 2
-    assert ledger.admit(A, 6) is Verdict.SEEK  # fetched before the seek: moved faust's position, again
+    assert ledger.admit(A, 6) is Verdict.AHEAD  # fetched before the seek: the re-fetch brings it again
     assert ledger.admit(B, 0) is Verdict.PROCESS  # other partitions go on
     assert [ledger.admit(A, o) for o in (2, 3, 4, 5, 6)] == [Verdict.PROCESS] * 5
     ledger.done({A: 6}, gen)
@@ -60,7 +60,7 @@ def test_a_gap_that_really_exists_is_accepted_when_the_refetch_starts_past_it():
     ledger = OffsetLedger()
     ledger.admit(A, 0)
     assert ledger.admit(A, 3) is Verdict.SEEK  # 1..2: transaction markers, say
-    assert ledger.admit(A, 4) is Verdict.SEEK
+    assert ledger.admit(A, 4) is Verdict.AHEAD
     assert ledger.admit(A, 3) is Verdict.PROCESS  # the re-fetch begins at 3: nothing lies between
     assert ledger.admit(A, 4) is Verdict.PROCESS
 
@@ -74,7 +74,7 @@ def test_a_failed_batch_is_read_again_from_what_is_done():
     for o in range(4, 8):
         ledger.admit(A, o)
     assert ledger.failed({A: 4}, gen) == {A: 4}
-    assert ledger.admit(A, 8) is Verdict.SEEK  # fetched before the seek
+    assert ledger.admit(A, 8) is Verdict.AHEAD  # fetched before the seek
     assert ledger.admit(A, 4) is Verdict.PROCESS
     assert ledger.committable() == {A: 4}
 
@@ -95,3 +95,24 @@ def test_the_first_record_of_an_assignment_must_sit_at_the_committed_offset():
     assert ledger.admit(A, 37) is Verdict.PROCESS
     assert ledger.admit(B, 5, committed=5) is Verdict.PROCESS
     assert ledger.admit(TP("order", 1), 2, committed=None) is Verdict.PROCESS  # nothing committed yet
+
+
+def test_faust_no_longer_filters_input_records_by_its_read_offset():
+    """faust drops a fetched record below the highest offset it has passed on. After a seek back, a record
+    fetched before the seek and drained after it raised that mark again, so faust dropped the start of the
+    re-fetch, and the ledger took the first record it saw as proof that the records before it did not exist
+    (108 of 6,000 events lost in a kill -9 run). Only the ledger filters input records now."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from streams.checkpoint import install
+
+    consumer = SimpleNamespace(_read_offset=defaultdict(lambda: None), _commit_tps=None)
+    consumer._read_offset[TP("items", 0)] = 7
+    app = SimpleNamespace(consumer=consumer)
+    install(app, OffsetLedger(), ["click"])
+    read_offset = consumer._read_offset
+    read_offset[TP("click", 0)] = 152  # what faust's fetch loop does after passing a record on
+    assert read_offset[TP("click", 0)] is None  # ... and what it reads back before the next one
+    assert read_offset[TP("items", 0)] == 7 and read_offset[TP("items", 1)] is None  # others as before
+    assert callable(consumer._commit_tps)
