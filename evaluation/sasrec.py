@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from models.sequence import CausalBlock, causal_mask
+
 __all__ = ["SASRec", "SASRecConfig", "SASRecFit", "fit_sasrec", "mask_seen", "target_ranks"]
 
 _PAD = 0
@@ -63,33 +65,6 @@ class SASRecFit:
     stopped_by: str  # "patience" | "time_budget" | "max_epochs"
 
 
-class _Block(nn.Module):
-    """Pre-LN transformer block. Pre-LN trains stably without warm-up, which matters with a short budget."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"dim={dim} is not divisible by n_heads={n_heads}")
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.ln1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ln2 = nn.LayerNorm(dim)
-        self.ff1 = nn.Linear(dim, _FFN_MULT * dim)
-        self.ff2 = nn.Linear(_FFN_MULT * dim, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        att = nnf.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
-        )
-        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
-        return x + self.drop(self.ff2(self.drop(nnf.gelu(self.ff1(self.ln2(x))))))
-
-
 class _Net(nn.Module):
     """Item + position embeddings, causal blocks, final LN; output is scored against the item table (tied)."""
 
@@ -99,7 +74,8 @@ class _Net(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, cfg.dim, padding_idx=_PAD)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(_Block(cfg.dim, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_blocks))
+        blocks = (CausalBlock(cfg.dim, cfg.n_heads, cfg.dropout, _FFN_MULT) for _ in range(cfg.n_blocks))
+        self.blocks = nn.ModuleList(blocks)
         self.ln = nn.LayerNorm(cfg.dim)
         self.apply(self._init)
 
@@ -126,11 +102,7 @@ class _Net(nn.Module):
         pos = torch.arange(self.max_len - t, self.max_len, device=seq.device)
         x = (self.item_emb(seq) + self.pos_emb(pos)) * real.unsqueeze(-1)
         x = self.drop(x)
-        causal = torch.ones(t, t, dtype=torch.bool, device=seq.device).tril()
-        # A query may look at earlier real items and always at itself, so padding rows never have an
-        # all-masked softmax (which would give NaN); padding outputs are never read.
-        allowed = (causal & real[:, None, :]) | torch.eye(t, dtype=torch.bool, device=seq.device)
-        allowed = allowed.unsqueeze(1)
+        allowed = causal_mask(real)
         for block in self.blocks:
             x = block(x, allowed)
         return self.ln(x)

@@ -211,3 +211,20 @@ class SASRecScorer:
 
     def scores(self, user: str) -> np.ndarray:
         return self.model.score([self.hist.of.get(user, [])])[0]
+
+
+class OnlineSequence:
+    """The sequential model of ``models.sequence``, learned online from the same batches as the core."""
+
+    def __init__(self, name: str, items: list[str], item_emb: np.ndarray, config: Any = None) -> None:
+        from models.sequence import SequenceModel
+
+        self.name = name
+        self.model = SequenceModel(item_emb.shape[1], config)
+        self.model.add_items(list(zip(items, item_emb, strict=True)))  # rows in catalogue order
+
+    def learn(self, batch: Batch) -> None:
+        self.model.learn(batch)
+
+    def scores(self, user: str) -> np.ndarray:
+        return self.model.scores(user)

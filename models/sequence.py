@@ -1,0 +1,279 @@
+"""A text-aware sequential next-item model, learned online from the stream (test-then-train). No Kafka.
+
+Why: the counting ranker knows only item ids it has counted, and the interest vector alone ranks below
+popularity. Order matters (an offline SASRec beats both on denser logs), and text should let a model score
+an item it has never seen. This model is SASRec-shaped but built for a stream:
+
+- **Item**: ``r_i = P t_i + e[h(i)]``. ``t_i`` is the item's frozen unit text embedding (MiniLM), ``P``
+  a learned projection, ``e`` an ID embedding over ``id_buckets`` hashed slots (no growing tables; an item
+  first seen at run time is scored at once through its text).
+- **User**: a small causal transformer over the user's last ``max_len`` events, each the item's ``r_i``
+  plus an event-type embedding, a time-gap bucket (log2 of seconds since the user's previous event) and
+  a position. The user vector ``u`` is the output at the newest event; ``score(i) = u . r_i``.
+- **Learning**: ``learn(batch)`` takes events in event-time order. Each user the batch touches
+  contributes its window of recent events, trained at every position (next-item cross-entropy); windows
+  of ``replay`` other users seen before are mixed in. Softmax over every known item while the catalogue is
+  at most ``full_softmax_max`` items; beyond, ``negatives`` sampled uniformly (uniform sampling needs no
+  logQ correction). ``steps`` Adam steps per batch, nothing else: one pass over the stream, no epochs.
+  Everything is seeded, so the same stream gives the same model.
+
+Per-user memory: the last ``max_len`` (item index, type, time) triples, 16 bytes each here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from models.config import EVENT_TYPES
+from models.events import Event, Item
+
+_N_GAPS = 24  # log2 buckets of seconds since the previous event: 0 s .. ~97 days and beyond
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    dim: int = 64
+    max_len: int = 50
+    n_blocks: int = 2
+    n_heads: int = 1
+    dropout: float = 0.2
+    lr: float = 3e-3
+    steps: int = 2  # Adam steps per micro-batch
+    replay: int = 16  # windows of earlier users, trained at every position, mixed into each step
+    id_buckets: int = 1 << 16
+    full_softmax_max: int = 50_000
+    negatives: int = 4096
+    use_text: bool = True
+    use_id: bool = True
+    use_context: bool = True  # event types and time gaps
+    seed: int = 0
+
+
+class CausalBlock(nn.Module):
+    """Pre-LN transformer block (trains stably without warm-up) over ``allowed`` attention pairs."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, ffn_mult: int = 4) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim={dim} is not divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff1 = nn.Linear(dim, ffn_mult * dim)
+        self.ff2 = nn.Linear(ffn_mult * dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        att = nnf.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.ff2(self.drop(nnf.gelu(self.ff1(self.ln2(x))))))
+
+
+def causal_mask(real: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T): a position sees earlier real positions and always itself (no all-masked softmax row,
+    which would give NaN; padding outputs are never read)."""
+    t = real.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=real.device).tril()
+    eye = torch.eye(t, dtype=torch.bool, device=real.device)
+    return ((causal & real[:, None, :]) | eye).unsqueeze(1)
+
+
+def gap_bucket(seconds: float) -> int:
+    return min(_N_GAPS - 1, int(math.log2(1.0 + max(seconds, 0.0))))
+
+
+class _Net(nn.Module):
+    def __init__(self, text_dim: int, cfg: SequenceConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.text_proj = nn.Linear(text_dim, cfg.dim, bias=False)
+        self.id_emb = nn.Embedding(cfg.id_buckets, cfg.dim)
+        self.type_emb = nn.Embedding(len(EVENT_TYPES), cfg.dim)
+        self.gap_emb = nn.Embedding(_N_GAPS, cfg.dim)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        blocks = (CausalBlock(cfg.dim, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_blocks))
+        self.blocks = nn.ModuleList(blocks)
+        self.ln = nn.LayerNorm(cfg.dim)
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        # The text path starts as a random projection that keeps text similarity: an item never seen
+        # gets a sensible vector from the first event on.
+        nn.init.normal_(self.text_proj.weight, std=1.0 / math.sqrt(text_dim))
+
+    def items(self, text: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+        """Item vectors ``r`` (n, dim) from text embeddings (n, text_dim) and hashed id slots (n,)."""
+        r = torch.zeros(text.shape[0], self.cfg.dim, device=text.device)
+        if self.cfg.use_text:
+            r = r + self.text_proj(text)
+        if self.cfg.use_id:
+            r = r + self.id_emb(buckets)
+        return r
+
+    def users(
+        self, r: torch.Tensor, seq: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor
+    ) -> torch.Tensor:
+        """Hidden states (B, T, dim) for left-padded windows ``seq`` (item indices, -1 = padding)."""
+        real = seq >= 0
+        x = r[seq.clamp(min=0)]
+        if self.cfg.use_context:
+            x = x + self.type_emb(types) + self.gap_emb(gaps)
+        t = seq.shape[1]
+        x = (x + self.pos_emb(torch.arange(self.cfg.max_len - t, self.cfg.max_len))) * real.unsqueeze(-1)
+        x = self.drop(x)
+        allowed = causal_mask(real)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.ln(x)
+
+
+class SequenceModel:
+    """``learn(batch)`` then ``scores(user)`` / ``user_vector(user)``; items join with ``add_items``."""
+
+    def __init__(self, text_dim: int, config: SequenceConfig | None = None) -> None:
+        self.config = cfg = config or SequenceConfig()
+        torch.manual_seed(cfg.seed)
+        self._rng = random.Random(cfg.seed)
+        self.net = _Net(text_dim, cfg)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.index: dict[str, int] = {}  # item id -> row
+        self._text: list[np.ndarray] = []
+        self._buckets: list[int] = []
+        self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._item_vectors: np.ndarray | None = None  # cached between learning steps
+        self.history: dict[str, deque[tuple[int, int, float]]] = {}
+        self._seen_users: list[str] = []
+        self.learned_events = 0
+
+    # -- catalogue -------------------------------------------------------------------------------------
+    def add_items(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Register items with their text embeddings (already known items keep their row)."""
+        for item_id, vec in items:
+            if item_id not in self.index:
+                self.index[item_id] = len(self._text)
+                self._text.append(np.asarray(vec, np.float32))
+                self._buckets.append(zlib.crc32(item_id.encode()) % self.config.id_buckets)
+                self._tensors = None
+
+    def _catalogue(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._tensors is None:
+            self._tensors = (torch.from_numpy(np.stack(self._text)), torch.tensor(self._buckets))
+        return self._tensors
+
+    # -- windows ---------------------------------------------------------------------------------------
+    def _window(self, events: Sequence[tuple[int, int, float]]) -> tuple[list[int], list[int], list[int]]:
+        items = [e[0] for e in events]
+        types = [e[1] for e in events]
+        gaps = [0] + [gap_bucket(b[2] - a[2]) for a, b in zip(events, events[1:], strict=False)]
+        return items, types, gaps
+
+    @staticmethod
+    def _pad(rows: Sequence[Sequence[int]], fill: int) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        out = torch.full((len(rows), width), fill, dtype=torch.long)
+        for k, r in enumerate(rows):
+            if r:
+                out[k, width - len(r) :] = torch.tensor(r)
+        return out
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    def user_vectors(self, users: Sequence[str]) -> np.ndarray:
+        """(len(users), dim) user vectors from each user's current window (zeros for a user with none)."""
+        out = np.zeros((len(users), self.config.dim), np.float32)
+        known = [(k, self.history[u]) for k, u in enumerate(users) if self.history.get(u)]
+        if not known:
+            return out
+        self.net.eval()
+        with torch.no_grad():
+            r = self.net.items(*self._catalogue())
+            windows = [self._window(list(h)[-self.config.max_len :]) for _, h in known]
+            seq = self._pad([w[0] for w in windows], -1)
+            hidden = self.net.users(r, seq, self._pad([w[1] for w in windows], 0),
+                                    self._pad([w[2] for w in windows], 0))  # fmt: skip
+            out[[k for k, _ in known]] = hidden[:, -1].numpy()
+        return out
+
+    def item_vectors(self) -> np.ndarray:
+        """(n_items, dim) item vectors in ``index`` order: ``scores = item_vectors @ user_vector``."""
+        if self._item_vectors is None or len(self._item_vectors) != len(self._text):
+            self.net.eval()
+            with torch.no_grad():
+                self._item_vectors = self.net.items(*self._catalogue()).numpy()
+        return self._item_vectors
+
+    def scores(self, user: str) -> np.ndarray:
+        """Scores of every registered item (``index`` order) for ``user``'s next event."""
+        return self.item_vectors() @ self.user_vectors([user])[0]
+
+    # -- learning --------------------------------------------------------------------------------------
+    def learn(self, batch: Sequence[tuple[Event, Item]]) -> float:
+        """Append the batch's events to their users' windows, then take ``steps`` Adam steps on: each
+        touched user's window, predicting this batch's events of the user (each from the events before
+        it), and ``replay`` earlier users' windows at every position. Returns the last step's loss."""
+        cfg = self.config
+        new: dict[str, int] = {}
+        for event, _ in batch:
+            hist = self.history.get(event.user_id)
+            if hist is None:
+                hist = self.history[event.user_id] = deque(maxlen=cfg.max_len + 1)
+                self._seen_users.append(event.user_id)
+            hist.append((self.index[event.item_id], EVENT_TYPES.index(event.type), event.ts))
+            new[event.user_id] = new.get(event.user_id, 0) + 1
+        self.learned_events += len(batch)
+        self._item_vectors = None
+        jobs = [(u, n) for u, n in new.items() if len(self.history[u]) >= 2]
+        loss = float("nan")
+        for _ in range(cfg.steps if jobs else 0):
+            replay = [self._seen_users[self._rng.randrange(len(self._seen_users))] for _ in range(cfg.replay)]
+            loss = self._step(jobs + [(u, cfg.max_len) for u in replay if len(self.history[u]) >= 2])
+        return loss
+
+    def _step(self, jobs: Sequence[tuple[str, int]]) -> float:
+        """One Adam step; ``jobs``: (user, how many of the window's last targets to learn)."""
+        cfg = self.config
+        windows = [self._window(list(self.history[u])) for u, _ in jobs]
+        seq = self._pad([w[0][:-1] for w in windows], -1)
+        target = self._pad([w[0][1:] for w in windows], -1)
+        width = target.shape[1]
+        keep = torch.tensor([n for _, n in jobs])[:, None] > torch.arange(width - 1, -1, -1)[None, :]
+        types = self._pad([w[1][:-1] for w in windows], 0)
+        gaps = self._pad([w[2][:-1] for w in windows], 0)
+        self.net.train()
+        r = self.net.items(*self._catalogue())
+        hidden = self.net.users(r, seq, types, gaps)
+        mask = (target >= 0) & keep
+        h, y = hidden[mask], target[mask]
+        n = r.shape[0]
+        if n <= cfg.full_softmax_max:
+            logits, labels = h @ r.T, y
+        else:
+            # Uniform negatives shared by the batch; the target sits in column 0.
+            neg = torch.randint(0, n, (cfg.negatives,))
+            logits = torch.cat([(h * r[y]).sum(-1, keepdim=True), h @ r[neg].T], dim=1)
+            logits[:, 1:][neg[None, :] == y[:, None]] = float("-inf")
+            labels = torch.zeros(len(y), dtype=torch.long)
+        loss = nnf.cross_entropy(logits, labels)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
