@@ -519,17 +519,18 @@ def broker_restarts(broker: Any, work: Path, encoder: TextEncoder, *, events: in
         deadline = time.monotonic() + 120
         while watcher.updates_since(0) == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
-        down = time.monotonic()
         broker.stop()
         time.sleep(5)
-        broker.start()
+        broker.start()  # returns once the broker answers
+        back_at = time.monotonic()
         cluster.send(load.sends[half:]).join()
         wait_converged(watcher, expected, 300)
-        back = watcher.first_update_after(down + 5)
-        if back is not None:
-            kept.recovery_s.append(back)
+        first = watcher.first_update_after(back_at)
+        if first is not None:
+            kept.recovery_s.append(first)
         kept.worker_deaths = len(cluster.dead())
-        kept.notes.append("broker down 5 s; recovery = broker back to the next update")
+        kept.notes.append("broker down 5 s after its shutdown; recovery = broker answering again to the "
+                          "next update")  # fmt: skip
     except BaseException:
         cluster.stop_all()
         watcher.stop()
