@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from evaluation.scorers import (
     Histories,
     ItemKNN,
     LastItemText,
+    Mix,
+    OnlineSequence,
     Popularity,
     SASRecScorer,
     Scorer,
@@ -49,6 +51,7 @@ from evaluation.scorers import (
 )
 from models.config import DAY_S
 from models.core import InterestCore
+from models.sequence import SequenceConfig
 
 HOUR_S = 3600.0
 NO_DECAY_S = 1e15  # ~30 million years: exp(-dt/tau) = 1 for any real log
@@ -69,6 +72,8 @@ class EvalOptions:
     """Also score the head as the worker trains it: one replica per partition (0: skip those rows)."""
     head_sync_events: int = 2560
     """... folding in the other replicas every this many events (the worker: every ``head_sync_s``)."""
+    sequence: bool = True
+    """Leave-one-out rows for the online sequential model (``models.sequence``) and its mixes."""
 
 
 # The default model's ablations and grids: name -> InterestConfig changes.
@@ -84,6 +89,14 @@ LOO_VARIANTS: dict[str, dict[str, Any]] = {
     "history_len 16, window 8": {"history_len": 16, "transition_window": 8},
     "text_weight 0.3": {"text_weight": 0.3},
 }
+# The online sequential model's ablations: name -> SequenceConfig changes.
+SEQUENCE_VARIANTS: dict[str, dict[str, Any]] = {
+    "no text projection": {"use_text": False},
+    "no ID embedding": {"use_id": False},
+    "no event types / time gaps": {"use_context": False},
+    "no replay": {"replay": 0},
+}
+MIX_WEIGHTS = (0.25, 0.5, 0.75)  # the sequence model's share in "mix w"; validation picks one
 # The interest vector alone (the literal method) under a decay grid and without weights.
 INTEREST_VARIANTS: dict[str, dict[str, Any]] = {
     "tau 1 h": {"tau_s": HOUR_S},
@@ -141,6 +154,14 @@ def _loo(
             ItemKNN(hist),
             core_model("interest_vector", {}, use_ranker=False),
         ]
+        if opts.sequence:
+            sequence = OnlineSequence("sequence", log.items, item_emb)
+            scorers.append(sequence)
+            scorers += [Mix(f"mix {w}", sequence, scorers[0], w) for w in MIX_WEIGHTS]
+            if opts.ablations:
+                for n, ch in SEQUENCE_VARIANTS.items():
+                    config = replace(SequenceConfig(), **ch)
+                    scorers.append(OnlineSequence(f"sequence: {n}", log.items, item_emb, config))
         if opts.sasrec:
             scorers.append(
                 SASRecScorer(

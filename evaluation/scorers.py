@@ -228,3 +228,22 @@ class OnlineSequence:
 
     def scores(self, user: str) -> np.ndarray:
         return self.model.scores(user)
+
+
+class Mix:
+    """A weighted sum of two scorers' standardised scores (each z-scored over the catalogue per user, so
+    their scales do not matter). The parts learn on their own (they are scorers in the same run)."""
+
+    def __init__(self, name: str, a: Scorer, b: Scorer, weight_a: float) -> None:
+        self.name, self.a, self.b, self.weight_a = name, a, b, weight_a
+
+    def learn(self, batch: Batch) -> None:
+        pass
+
+    @staticmethod
+    def _z(s: np.ndarray) -> np.ndarray:
+        return (s - s.mean()) / (s.std() + 1e-12)
+
+    def scores(self, user: str) -> np.ndarray:
+        a, b = self._z(self.a.scores(user)), self._z(self.b.scores(user))
+        return self.weight_a * a + (1 - self.weight_a) * b

@@ -177,6 +177,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             log = load_jsonl(Path(args.events), Path(args.items))
         else:
             log = load_movielens(Path(args.path) if args.path else MOVIELENS_SAMPLE)
+            if args.dataset == "movielens-dense":
+                log = log.most_interacted(1500)
     except (OSError, ValueError) as exc:  # unreadable file, a line that is not JSON or not an item
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
@@ -191,6 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         head_sync_events=args.head_sync_events,
         sasrec=not args.no_sasrec,
+        sequence=not args.no_sequence,
         sasrec_budget_s=args.sasrec_budget,
         sasrec_epochs=args.sasrec_epochs,
     )
@@ -316,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="replay a real log through the core: metrics, baselines, report")
     e.add_argument("--events", help="events JSONL (the event contract plus 'type')")
     e.add_argument("--items", help="items JSONL: item_id, title, text, categories")
-    e.add_argument("--dataset", choices=["movielens"], default="movielens", help="when no --events given")
+    e.add_argument("--dataset", choices=["movielens", "movielens-dense"], default="movielens",
+                   help="when no --events given (movielens-dense: the 1,500 most-rated movies)")  # fmt: skip
     e.add_argument("--path", default=None, help="the MovieLens folder (default: the sample in data/)")
     e.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"), help="report folder")
     e.add_argument("--protocol", choices=["loo", "prequential", "both"], default="both")
@@ -324,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sasrec-budget", type=float, default=1800.0, metavar="S", help="SASRec training cap, s")
     e.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec epoch cap")
     e.add_argument("--no-ablations", action="store_true", help="only the default model and the baselines")
+    e.add_argument("--no-sequence", action="store_true", help="skip the online sequential model's rows")
     e.add_argument(
         "--partitions",
         type=int,

@@ -119,7 +119,8 @@ def test_evaluate_command_on_user_files(tmp_path):
     run = _evaluate(tmp_path, "a", "--sasrec-epochs", "3")
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    for model in ("default", "popularity", "last_item", "static_mean", "item_knn", "sasrec"):
+    for model in ("default", "popularity", "last_item", "static_mean", "item_knn", "sasrec", "sequence",
+                  "mix 0.5"):  # fmt: skip
         assert set(metrics["loo"][model]) == {"recall@10", "recall@20", "ndcg@10", "mrr", "n_users"}
         assert metrics["loo"][model]["n_users"] == 40
     for model in ("default", "popularity", "most_frequent", "last_category"):
@@ -153,6 +154,19 @@ def test_evaluate_movielens_shortcut(tmp_path):
     assert "prequential" not in metrics and metrics["loo"]["default"]["n_users"] == 25
     numbers = json.loads((tmp_path / "eval-movielens.json").read_text())
     assert numbers["loo_split"]["test"] == 25 and numbers["rejected"] == {}
+
+
+def test_dense_variant_keeps_the_most_interacted_items_and_all_their_events():
+    from evaluation.data import EventLog
+    from models.events import Event, Item
+
+    item = Item("t", "", ("c",))
+    events = [(Event(f"e{k}", f"u{k % 3}", item_id, float(k), "click"), item)
+              for k, item_id in enumerate(["1", "2", "2", "3", "3", "3", "10", "10", "10"])]  # fmt: skip
+    dense = EventLog("x", events, ["1", "2", "3", "10"]).most_interacted(2)
+    assert dense.items == ["3", "10"]  # tie at 3 events: item id order
+    assert [e.event_id for e, _ in dense.events] == ["e3", "e4", "e5", "e6", "e7", "e8"]
+    assert dense.name == "x-dense2"
 
 
 def test_category_baselines_predict_from_the_past_only():
