@@ -152,9 +152,13 @@ class SequenceModel:
 
     def __init__(self, text_dim: int, config: SequenceConfig | None = None) -> None:
         self.config = cfg = config or SequenceConfig()
-        torch.manual_seed(cfg.seed)
         self._rng = random.Random(cfg.seed)
-        self.net = _Net(text_dim, cfg)
+        # Its own torch random stream (initialisation, dropout), so a model learns the same whatever
+        # else draws random numbers in the process (other models in an evaluation, say).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = _Net(text_dim, cfg)
+            self._torch_rng = torch.get_rng_state()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.index: dict[str, int] = {}  # item id -> row
         self._text: list[np.ndarray] = []
@@ -243,9 +247,13 @@ class SequenceModel:
         self._item_vectors = None
         jobs = [(u, n) for u, n in new.items() if len(self.history[u]) >= 2]
         loss = float("nan")
-        for _ in range(cfg.steps if jobs else 0):
-            replay = [self._seen_users[self._rng.randrange(len(self._seen_users))] for _ in range(cfg.replay)]
-            loss = self._step(jobs + [(u, cfg.max_len) for u in replay if len(self.history[u]) >= 2])
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._torch_rng)
+            for _ in range(cfg.steps if jobs else 0):
+                replay = [self._seen_users[self._rng.randrange(len(self._seen_users))]
+                          for _ in range(cfg.replay)]  # fmt: skip
+                loss = self._step(jobs + [(u, cfg.max_len) for u in replay if len(self.history[u]) >= 2])
+            self._torch_rng = torch.get_rng_state()
         return loss
 
     def _step(self, jobs: Sequence[tuple[str, int]]) -> float:

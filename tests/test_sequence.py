@@ -134,3 +134,15 @@ def test_a_user_without_events_gets_a_zero_vector_and_windows_are_bounded():
 @pytest.mark.parametrize(("seconds", "bucket"), [(0, 0), (1, 1), (3, 2), (86_400, 16), (1e12, 23)])
 def test_time_gaps_fall_in_log2_buckets(seconds, bucket):
     assert gap_bucket(seconds) == bucket
+
+
+def test_other_random_draws_in_the_process_do_not_change_what_it_learns():
+    import torch
+
+    batches, _ = cycle_stream(n_users=10, steps=10)
+    a, b = new_model(replace(SMALL, dropout=0.3)), new_model(replace(SMALL, dropout=0.3))
+    for batch in batches:
+        a.learn(batch)
+        torch.rand(1000)  # someone else's dropout, say
+        b.learn(batch)
+    np.testing.assert_array_equal(a.scores("u3"), b.scores("u3"))
