@@ -47,7 +47,7 @@ class SequenceConfig:
     n_blocks: int = 2
     n_heads: int = 1
     dropout: float = 0.2
-    lr: float = 3e-3
+    lr: float = 5e-4  # validation Recall@10 on the MovieLens sample: 1e-3 0.105, 5e-4 0.112, 3e-3 0.082
     steps: int = 2  # Adam steps per micro-batch
     replay: int = 16  # windows of earlier users, trained at every position, mixed into each step
     id_buckets: int = 1 << 16
