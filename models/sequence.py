@@ -10,14 +10,15 @@ an item it has never seen. This model is SASRec-shaped but built for a stream:
 - **User**: a small causal transformer over the user's last ``max_len`` events, each the item's ``r_i``
   plus an event-type embedding, a time-gap bucket (log2 of seconds since the user's previous event) and
   a position. The user vector ``u`` is the output at the newest event; ``score(i) = u . r_i``.
-- **Learning**: ``learn(batch)`` takes events in event-time order. Each user the batch touches
-  contributes its window of recent events, trained at every position (next-item cross-entropy); windows
-  of ``replay`` other users seen before are mixed in. Softmax over every known item while the catalogue is
-  at most ``full_softmax_max`` items; beyond, ``negatives`` sampled uniformly (uniform sampling needs no
-  logQ correction). ``steps`` Adam steps per batch, nothing else: one pass over the stream, no epochs.
-  Everything is seeded, so the same stream gives the same model.
+- **Learning**: ``learn(batch)`` takes events in event-time order and appends them to their users'
+  windows. Each Adam step (``steps`` per batch) trains each touched user's window on this batch's events
+  of the user (each predicted from the events before it), plus the windows of ``replay`` earlier users at
+  every position. Softmax over every known item while the catalogue is at most ``full_softmax_max``
+  items; beyond, ``negatives`` sampled uniformly (uniform sampling needs no logQ correction). One pass
+  over the stream, no epochs. Everything is seeded, so the same stream gives the same model.
 
-Per-user memory: the last ``max_len`` (item index, type, time) triples, 16 bytes each here.
+Per-user memory: the last ``max_len + 1`` (item index, type, time) triples (the extra one is the target
+of the newest window position).
 """
 
 from __future__ import annotations
