@@ -4,11 +4,12 @@ Prequential: every event, in event-time order, is first predicted from the state
 learned, through ``InterestCore.apply`` in micro-batches exactly as the worker calls it. Category
 baselines see the same events in the same order.
 
-Leave-one-out: per user, events sorted by (time, item id); the last is the test item, the one before the
-validation item, the rest training (users with fewer than 3 events are training only). Online models
-learn the training events once, in event-time order; the offline SASRec trains on the same training
-sequences. Then every model ranks each user's validation item, all models learn the validation events,
-and every model ranks each user's test item. Items the user had before the target are masked.
+Leave-one-out: per user, events in ``event_order`` (time, then event id); the last is the test item,
+the one before the validation item, the rest training (users with fewer than 3 events are training
+only). Online models learn the training events once, in event-time order; the offline SASRec trains on
+the same training sequences. Then every model ranks each user's validation item, all models learn the
+validation events, and every model ranks each user's test item. Items the user had before the target
+are masked.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evaluation.data import EventLog, item_sort_key
+from evaluation.data import EventLog, held_out
 from evaluation.metrics import CategoryPredictions, rank_metrics
 from evaluation.scorers import Batch, Histories, Scorer
 from models.core import InterestCore
-from models.events import Event, Item
+from models.events import Event, Item, event_order
 from models.head import SoftmaxHead
 from models.sharding import partition_for
 
@@ -178,28 +179,32 @@ class LooSplit:
 
 
 def loo_split(log: EventLog) -> LooSplit:
-    per_user: dict[str, list[tuple[Event, Item]]] = defaultdict(list)
-    for pair in log.events:
-        per_user[pair[0].user_id].append(pair)
-    held: set[int] = set()
-    val, test = [], []
-    for seq in per_user.values():
-        if len(seq) < 3:
-            continue
-        seq.sort(key=lambda p: (p[0].ts, item_sort_key(p[0].item_id)))
-        val.append(seq[-2])
-        test.append(seq[-1])
-        held.update((id(seq[-2]), id(seq[-1])))
+    pairs = held_out(log.events)
+    held = {id(p) for two in pairs for p in two}
     train = [p for p in log.events if id(p) not in held]
-    by_time = lambda p: (p[0].ts, item_sort_key(p[0].user_id))  # noqa: E731
-    return LooSplit(train, sorted(val, key=by_time), sorted(test, key=by_time))
+    by_time = lambda p: event_order(p[0])  # noqa: E731
+    return LooSplit(
+        train, sorted((v for v, _ in pairs), key=by_time), sorted((t for _, t in pairs), key=by_time)
+    )
+
+
+def tied_test_events(split: LooSplit) -> int:
+    """Test events with the same timestamp as the user's validation event: their order (and so which
+    one is the test item) comes from the tie-break (``event_order``), not from time."""
+    val_ts = {e.user_id: e.ts for e, _ in split.val}
+    return sum(e.ts == val_ts[e.user_id] for e, _ in split.test)
 
 
 @dataclass
 class LooResult:
     val: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # model -> per-user (val order)
     test: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # model -> per-user (test order)
-    cold: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # test item never learned before
+    learned: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per test event: events
+    # on its item that the models learned before the test (0: a cold item, never seen)
+
+    @property
+    def cold(self) -> np.ndarray:
+        return self.learned == 0
 
 
 def _rank_all(
@@ -245,5 +250,5 @@ def run_loo(
             s.learn(batch)
     result.test = _rank_all(scorers, split.test, hist)
     learned = Counter(i for seq in hist.of.values() for i in seq)
-    result.cold = np.asarray([learned[hist.item_index[e.item_id]] == 0 for e, _ in split.test], bool)
+    result.learned = np.asarray([learned[hist.item_index[e.item_id]] for e, _ in split.test], np.int64)
     return result

@@ -132,6 +132,10 @@ def render_markdown(n: dict[str, Any], plots: list[str]) -> str:
         f"{n['events']:,} events, {n['users']:,} users, {n['items']:,} items; rejected records: "
         f"{n['rejected'] or 'none'}. Encoder `{n['encoder']}`. Intervals: 95% bootstrap over users."
     )
+    notes = n.get("data_notes") or {}
+    if notes.get("tag_rule"):
+        dropped = ", ".join(f"{v:,} {k}" for k, v in notes.get("tags_dropped", {}).items()) or "none"
+        L.append(f"{notes['tag_rule']} Tags left out: {dropped}.")
     L.append("")
     if n.get("loo") or n.get("prequential"):
         L.append("## Goals")
@@ -145,7 +149,9 @@ def render_markdown(n: dict[str, Any], plots: list[str]) -> str:
             f"({s['train']:,} / {s['val']:,} / {s['test']:,} events). The test item is ranked against all "
             f"{n['items']:,} items with the user's earlier items masked; metrics are expectations under "
             "random tie-breaking. Online models learn the training events once, in event-time order, then "
-            "the validation events; SASRec trains offline on the training split."
+            "the validation events; SASRec trains offline on the training split. Equal timestamps are "
+            f"ordered by event id everywhere; {s.get('test_ties', 0):,} test events tie in time with the "
+            "user's validation event."
         )
         L.append("")
         L.append("| model | Recall@10 | Recall@20 | NDCG@10 | MRR | val Recall@10 |")
@@ -166,14 +172,19 @@ def render_markdown(n: dict[str, Any], plots: list[str]) -> str:
             for name, r, nd, mrr in REFERENCE_ML_LATEST_SMALL:
                 L.append(f"| {name} | {r:.3f} | {nd:.3f} | {mrr:.3f} |")
         L.append("")
-        n_cold = next(iter(n["loo"].values()))["n_cold"]
-        L.append(f"### Cold and warm test items ({n_cold} of {s['test']} test items never seen in training)")
+        first = next(iter(n["loo"].values()))
+        n_cold, n_rare = first["n_cold"], first.get("n_rare5", 0)
+        L.append(
+            f"### Cold, rare and warm test items ({n_cold} of {s['test']} test items never seen in "
+            f"training, {n_rare} with fewer than 5 training events)"
+        )
         L.append("")
-        L.append("| model | warm Recall@10 | cold Recall@10 |")
-        L.append("| --- | --- | --- |")
+        L.append("| model | warm Recall@10 | rare (< 5 events) Recall@10 | cold (never seen) Recall@10 |")
+        L.append("| --- | --- | --- | --- |")
         for m, e in n["loo"].items():
             if ":" not in m:
-                L.append(f"| {m} | {_ci(e['warm_recall@10'])} | {_ci(e['cold_recall@10'])} |")
+                rare = _ci(e["rare5_recall@10"]) if "rare5_recall@10" in e else "-"
+                L.append(f"| {m} | {_ci(e['warm_recall@10'])} | {rare} | {_ci(e['cold_recall@10'])} |")
         L.append("")
         ablations = [m for m in n["loo"] if ":" in m]
         if ablations:

@@ -35,6 +35,7 @@ from evaluation.protocols import (
     loo_split,
     run_loo,
     run_prequential,
+    tied_test_events,
 )
 from evaluation.scorers import (
     CoreModel,
@@ -54,6 +55,7 @@ from models.core import InterestCore
 from models.sequence import SequenceConfig
 
 HOUR_S = 3600.0
+RARE_BELOW = 5  # "rare" test items: fewer training events than this (never-seen ones included)
 NO_DECAY_S = 1e15  # ~30 million years: exp(-dt/tau) = 1 for any real log
 
 
@@ -188,16 +190,21 @@ def _loo(
 
 def _loo_numbers(result: LooResult, opts: EvalOptions) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    cold = result.cold
+    groups = {
+        "cold": result.learned == 0,
+        "warm": result.learned > 0,
+        f"rare{RARE_BELOW}": result.learned < RARE_BELOW,
+    }
     for name, per_user in result.test.items():
         entry: dict[str, Any] = {"n_users": len(per_user)}
         for m in RANK_METRICS:
             values = np.asarray([u[m] for u in per_user])
             entry[m] = bootstrap_means(values, opts.n_boot, opts.seed).as_list()
             entry[f"val_{m}"] = round(float(np.mean([u[m] for u in result.val[name]])), 6)
-            for label, mask in (("cold", cold), ("warm", ~cold)):
+            for label, mask in groups.items():
                 entry[f"{label}_{m}"] = bootstrap_means(values[mask], opts.n_boot, opts.seed).as_list()
-        entry["n_cold"] = int(cold.sum())
+        entry["n_cold"] = int(groups["cold"].sum())
+        entry[f"n_rare{RARE_BELOW}"] = int(groups[f"rare{RARE_BELOW}"].sum())
         out[name] = entry
     return out
 
@@ -260,6 +267,7 @@ def evaluate(
         "users": len(log.users),
         "items": len(log.items),
         "rejected": dict(log.rejected),
+        "data_notes": log.notes,
         "config": {k: v for k, v in asdict(core.config).items()},
         "encoder": core.encoder.name,
         "options": asdict(opts),
@@ -275,7 +283,12 @@ def evaluate(
         seconds["sasrec_train"] = fit_info.pop("train_seconds", None)
         seconds["sasrec_log"] = fit_info.pop("log", [])
         numbers["sasrec_training"] = fit_info
-        numbers["loo_split"] = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
+        numbers["loo_split"] = {
+            "train": len(split.train),
+            "val": len(split.val),
+            "test": len(split.test),
+            "test_ties": tied_test_events(split),
+        }
         seconds["loo"] = round(time.perf_counter() - t0, 1)
         summary["loo"] = {
             name: {m: e[m][0] for m in RANK_METRICS} | {"n_users": e["n_users"]}

@@ -15,7 +15,7 @@ import numpy as np
 
 from models.cache import CachedEncoder
 from models.config import EVENT_TYPES, InterestConfig
-from models.events import Event, Item
+from models.events import Event, Item, event_order
 from models.fusion import feature_dim, fuse
 from models.head import SoftmaxHead
 from models.interest import UserState, model_tag
@@ -134,7 +134,7 @@ class InterestCore:
         moved: dict[str, Event] = {}  # user -> newest event applied in this batch
         confirmed: dict[str, Event] = {}  # user -> newest redelivered event
         result = BatchResult([], {}, 0, [], [])
-        for event, item in sorted(events, key=lambda pair: (pair[0].ts, pair[0].event_id)):
+        for event, item in sorted(events, key=lambda pair: event_order(pair[0])):
             user = event.user_id
             state = loaded.get(user)
             if state is None:

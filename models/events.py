@@ -59,6 +59,13 @@ class Event:
     """Position in its input stream (the Kafka offset in its type's topic); None for file replays."""
 
 
+def event_order(event: Event) -> tuple[float, str]:
+    """The one order of events everywhere (the core's batches, the evaluation's log and split): event
+    time, then ``event_id`` as a string. Equal timestamps are common (MovieLens users rate several movies
+    in the same second), so the tie-break must be the same wherever an order is taken."""
+    return (event.ts, event.event_id)
+
+
 def _fail(reason: str, message: str) -> InvalidEvent:
     return InvalidEvent(reason, message)
 

@@ -15,7 +15,7 @@ import contextlib
 import csv
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,19 @@ def rating_to_type(rating: float) -> str:
     return "click"
 
 
-def movielens_items(folder: Path = MOVIELENS_SAMPLE) -> dict[str, Item]:
+TagFilter = Callable[[str, str, int], bool]  # (user id, movie id, timestamp) -> keep the tag?
+
+
+def movielens_items(folder: Path = MOVIELENS_SAMPLE, keep_tag: TagFilter | None = None) -> dict[str, Item]:
+    """Movies as items. ``keep_tag`` chooses which users' tags make up the text: an evaluation must not
+    let a held-out item carry tags written after it was held out (or by the user it is held out from)."""
     tags: dict[str, set[str]] = defaultdict(set)
     tags_file = folder / "tags.csv"
     if tags_file.exists():
         with open(tags_file, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
-                tags[row["movieId"]].add(row["tag"].strip())
+                if keep_tag is None or keep_tag(row["userId"], row["movieId"], int(row["timestamp"])):
+                    tags[row["movieId"]].add(row["tag"].strip())
     items = {}
     with open(folder / "movies.csv", newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):

@@ -176,9 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.events:
             log = load_jsonl(Path(args.events), Path(args.items))
         else:
-            log = load_movielens(Path(args.path) if args.path else MOVIELENS_SAMPLE)
-            if args.dataset == "movielens-dense":
-                log = log.most_interacted(1500)
+            dense = 1500 if args.dataset == "movielens-dense" else None
+            log = load_movielens(Path(args.path) if args.path else MOVIELENS_SAMPLE, dense)
     except (OSError, ValueError) as exc:  # unreadable file, a line that is not JSON or not an item
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
-from evaluation.data import build_log
+from evaluation.data import build_log, load_movielens
 from evaluation.metrics import (
     CategoryPredictions,
     _Sorted,
@@ -17,7 +17,8 @@ from evaluation.metrics import (
     classification_metrics,
     rank_metrics,
 )
-from evaluation.protocols import loo_split
+from evaluation.protocols import loo_split, tied_test_events
+from models.events import event_order
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,14 +73,19 @@ def _event(user: str, item: str, ts: float, cats=("c",)) -> tuple[str, dict]:
                      "item": {"title": f"item {item}", "categories": list(cats)}}  # fmt: skip
 
 
-def test_loo_split_orders_by_time_then_item_id():
+def test_loo_split_orders_by_time_then_event_id_as_the_core_does():
     records = [_event("u1", "10", 5), _event("u1", "9", 5), _event("u1", "1", 1), _event("u1", "2", 2),
                _event("u2", "1", 1), _event("u2", "2", 3), _event("bad", "x", "not a time")]  # fmt: skip
     log = build_log("t", records, {})
     assert log.rejected == {"bad_timestamp": 1}
     split = loo_split(log)
-    assert [(e.user_id, e.item_id) for e, _ in split.test] == [("u1", "10")]  # ts tie: larger id last
-    assert [(e.user_id, e.item_id) for e, _ in split.val] == [("u1", "9")]
+    # ts tie: event ids "u1-10-5" < "u1-9-5" as strings, the order InterestCore.apply takes them in
+    assert [(e.user_id, e.item_id) for e, _ in split.test] == [("u1", "9")]
+    assert [(e.user_id, e.item_id) for e, _ in split.val] == [("u1", "10")]
+    assert tied_test_events(split) == 1
+    batch = [pair for pair in log.events if pair[0].user_id == "u1"]
+    core_order = sorted(batch, key=lambda pair: event_order(pair[0]))
+    assert [e.item_id for e, _ in core_order][-2:] == ["10", "9"]
     assert sorted((e.user_id, e.item_id) for e, _ in split.train) == [("u1", "1"), ("u1", "2"),
                                                                         ("u2", "1"), ("u2", "2")]  # fmt: skip
 
@@ -224,3 +230,24 @@ def test_deployed_replay_with_one_partition_is_the_single_head_and_replicas_shar
     every = {c for h in apart for c in h.classes}
     assert any(set(h.classes) != every for h in apart)  # alone, a replica misses what others saw
     assert all(set(h.classes) == every for h in shared)  # synced, each one knows every category
+
+
+def test_movielens_item_text_leaves_out_tags_that_leak_the_held_out_events(tmp_path: Path):
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n1,One (1990),Drama\n2,Two (1991),Comedy\n3,Three (1992),Drama\n"
+    )
+    # user 7: 1, 2 (validation, t=20), 3 (test, t=30); user 8 rates 3 at t=40 (training: only 1 event)
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n7,1,4.0,10\n7,2,4.0,20\n7,3,5.0,30\n8,3,3.0,40\n"
+    )
+    (tmp_path / "tags.csv").write_text(
+        "userId,movieId,tag,timestamp\n"
+        "9,3,early,5\n"  # before the first held-out event on 3: kept
+        "9,3,late,35\n"  # after it: dropped
+        "7,3,mine,1\n"  # by the user 3 is held out from, however early: dropped
+        "8,1,never held,99\n"  # movie 1 is never held out: kept
+    )
+    log = load_movielens(tmp_path)
+    text = {e.item_id: item.text for e, item in log.events}
+    assert text == {"1": "never held", "2": "", "3": "early"}
+    assert sum(log.notes["tags_dropped"].values()) == 2
