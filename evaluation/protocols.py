@@ -202,6 +202,9 @@ class LooResult:
     learned: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per test event: events
     # on its item that the models learned before the test (0: a cold item, never seen)
 
+    curve: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)  # model -> per training
+    # batch: (events learned before it, events scored, sum of their Recall@10): learning speed
+
     @property
     def cold(self) -> np.ndarray:
         return self.learned == 0
@@ -225,7 +228,12 @@ def run_loo(
     batch_size: int = 256,
     progress: Progress | None = None,
     split: LooSplit | None = None,
+    curve_models: Sequence[str] = (),
+    curve_sample: int = 16,
 ) -> LooResult:
+    """``curve_models``: online models whose learning curve to record while they learn the training
+    events: before each batch is learned, its first ``curve_sample`` events of users with a history are
+    ranked (test-then-train, full ranking, the user's earlier items masked)."""
     split = split or loo_split(log)
     if not split.test:
         raise ValueError("leave-one-out needs users with at least 3 events; this log has none")
@@ -233,7 +241,18 @@ def run_loo(
     scorers = make_scorers(hist)
     # A scorer with ``fit(hist, val)`` is offline (SASRec): trained once, on the training split.
     online = [s for s in scorers if not hasattr(s, "fit")]
+    result = LooResult()
+    traced = [s for s in online if s.name in curve_models]
+    learned_so_far = 0
     for batch in batches(split.train, batch_size):
+        if traced:
+            probe = [pair for pair in batch if pair[0].user_id in hist.of][:curve_sample]
+            for s in traced:
+                got = _rank_all([s], probe, hist)[s.name]
+                result.curve.setdefault(s.name, []).append(
+                    (learned_so_far, len(got), sum(m["recall@10"] for m in got))
+                )
+        learned_so_far += len(batch)
         hist.learn(batch)
         for s in online:
             s.learn(batch)
@@ -242,7 +261,6 @@ def run_loo(
     for s in scorers:
         if hasattr(s, "fit"):
             s.fit(hist, split.val)
-    result = LooResult()
     result.val = _rank_all(scorers, split.val, hist)
     for batch in batches(split.val, batch_size):
         hist.learn(batch)

@@ -104,6 +104,19 @@ def _plots(n: dict[str, Any], out: Path) -> list[str]:
         files.append(f"eval-{name}-cold-warm.png")
         fig.savefig(out / files[-1], dpi=110, metadata=PNG_META)
         plt.close(fig)
+    if n.get("loo_learning_curve"):
+        series = n["loo_learning_curve"]
+        fig, ax = plt.subplots(figsize=(9, 4))
+        for m, values in series.items():
+            if m != "_ends":
+                ax.plot(series["_ends"][: len(values)], values, label=m, lw=2 if m == "default" else 1)
+        ax.set_xlabel("training events learned (event-time order)")
+        ax.set_ylabel("Recall@10 of the next events, ranked before learning them")
+        ax.legend()
+        fig.tight_layout()
+        files.append(f"eval-{name}-learning.png")
+        fig.savefig(out / files[-1], dpi=110, metadata=PNG_META)
+        plt.close(fig)
     if "prequential_over_time" in n:
         series = n["prequential_over_time"]
         fig, ax = plt.subplots(figsize=(9, 4))

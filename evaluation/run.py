@@ -98,6 +98,9 @@ SEQUENCE_VARIANTS: dict[str, dict[str, Any]] = {
     "no event types / time gaps": {"use_context": False},
     "no replay": {"replay": 0},
 }
+# Learning curves (Recall@10 of events ranked before they are learned, over the training replay).
+CURVE_MODELS = ("default", "popularity", "item_knn", "sequence", "mix 0.5")
+CURVE_POINTS = 25  # points of the plotted curve (each averages the probes of 1/25 of the training events)
 MIX_WEIGHTS = (0.25, 0.5, 0.75)  # the sequence model's share in "mix w"; validation picks one
 # The interest vector alone (the literal method) under a decay grid and without weights.
 INTEREST_VARIANTS: dict[str, dict[str, Any]] = {
@@ -183,7 +186,8 @@ def _loo(
         done += n
         status("leave-one-out: replaying the training events", done, total)
 
-    result = run_loo(log, make, opts.batch_size, progress, split)
+    curve = [m for m in CURVE_MODELS if opts.sequence or not m.startswith(("sequence", "mix"))]
+    result = run_loo(log, make, opts.batch_size, progress, split, curve_models=curve)
     fit_info["log"] = sasrec_log
     return result, fit_info
 
@@ -206,6 +210,25 @@ def _loo_numbers(result: LooResult, opts: EvalOptions) -> dict[str, Any]:
         entry["n_cold"] = int(groups["cold"].sum())
         entry[f"n_rare{RARE_BELOW}"] = int(groups[f"rare{RARE_BELOW}"].sum())
         out[name] = entry
+    return out
+
+
+def _learning_curve(result: LooResult) -> dict[str, Any]:
+    """Recall@10 of the probed events per ``CURVE_POINTS``-th of the training events, per model."""
+    out: dict[str, Any] = {}
+    for name, rows in result.curve.items():
+        window = max(1, -(-(rows[-1][0] + 1) // CURVE_POINTS))
+        ends, values = [], []
+        n = hits = 0.0
+        for k, (before, scored, recall) in enumerate(rows):
+            n, hits = n + scored, hits + recall
+            last = k == len(rows) - 1
+            if n and (last or rows[k + 1][0] // window > before // window):
+                ends.append(before)
+                values.append(round(hits / n, 6))
+                n = hits = 0.0
+        out[name] = values
+        out["_ends"] = ends
     return out
 
 
@@ -280,6 +303,7 @@ def evaluate(
         split = loo_split(log)
         loo, fit_info = _loo(log, split, core, catalogue, opts, status)
         numbers["loo"] = _loo_numbers(loo, opts)
+        numbers["loo_learning_curve"] = _learning_curve(loo)
         seconds["sasrec_train"] = fit_info.pop("train_seconds", None)
         seconds["sasrec_log"] = fit_info.pop("log", [])
         numbers["sasrec_training"] = fit_info

@@ -142,7 +142,10 @@ def test_evaluate_command_on_user_files(tmp_path):
     report = (tmp_path / "a" / "eval-events.md").read_text()
     assert "| default |" in report and "## Goals" in report
     assert {p.name for p in (tmp_path / "a").glob("*.png")} == {
-        "eval-events-loo.png", "eval-events-cold-warm.png", "eval-events-prequential.png"}  # fmt: skip
+        "eval-events-loo.png", "eval-events-cold-warm.png", "eval-events-learning.png",
+        "eval-events-prequential.png"}  # fmt: skip
+    curve = json.loads((tmp_path / "a" / "eval-events.json").read_text())["loo_learning_curve"]
+    assert set(curve) == {"_ends", "default", "popularity", "item_knn", "sequence", "mix 0.5"}
     (tmp_path / "a").rename(tmp_path / "first")
     again = _evaluate(tmp_path, "a", "--sasrec-epochs", "3")  # the same command again
     assert again.returncode == 0, again.stderr
@@ -160,6 +163,7 @@ def test_evaluate_movielens_shortcut(tmp_path):
     assert "prequential" not in metrics and metrics["loo"]["default"]["n_users"] == 25
     numbers = json.loads((tmp_path / "eval-movielens.json").read_text())
     assert numbers["loo_split"]["test"] == 25 and numbers["rejected"] == {}
+    assert numbers["data_notes"]["tag_rule"].startswith("Item text uses only tags")
 
 
 def test_dense_variant_keeps_the_most_interacted_items_and_all_their_events():
@@ -251,3 +255,20 @@ def test_movielens_item_text_leaves_out_tags_that_leak_the_held_out_events(tmp_p
     text = {e.item_id: item.text for e, item in log.events}
     assert text == {"1": "never held", "2": "", "3": "early"}
     assert sum(log.notes["tags_dropped"].values()) == 2
+
+
+def test_learning_curve_ranks_each_batch_before_learning_it(tmp_path: Path):
+    from evaluation.data import load_jsonl
+    from evaluation.protocols import run_loo
+    from evaluation.run import _learning_curve
+    from evaluation.scorers import ItemKNN, Popularity
+
+    log = load_jsonl(*_synthetic_files(tmp_path))
+    result = run_loo(log, lambda h: [ItemKNN(h), Popularity(h)], batch_size=20, curve_models=("item_knn",))
+    rows = result.curve["item_knn"]
+    assert set(result.curve) == {"item_knn"}
+    assert rows[0] == (0, 0, 0.0)  # nobody has a history before the first batch: nothing to rank
+    assert all(scored <= 16 for _, scored, _ in rows[1:])
+    curve = _learning_curve(result)["item_knn"]
+    # The cycles are learned as the replay goes on: early events are ranked far worse than late ones.
+    assert curve[0] < 0.5 < 0.9 < curve[-1]
