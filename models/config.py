@@ -53,6 +53,10 @@ class InterestConfig:
     degree_power: float = 0.5
     """Successor counts of item i are divided by (outgoing weight of i + 1) ** degree_power, so a very
     common item does not drown the rest of the query (0 = raw counts, 1 = conditional probabilities)."""
+    sequence_len: int = 50
+    """Events (item, type, time) kept per user for the sequential model (``models/sequence.py``): its
+    window. Set it to the model's ``max_len`` (a shorter window gives the worker a different user vector
+    than the trainer's); 0 keeps only the ranker's ``history_len``."""
     sequence_weight: float = 1.0
     """Weight of the (max-normalised) sequence score; 0 leaves text and popularity alone."""
     text_weight: float = 0.1
@@ -63,6 +67,11 @@ class InterestConfig:
     def weight(self, event_type: str) -> float:
         return self.weights[event_type]
 
+    @property
+    def items_kept(self) -> int:
+        """Recent items a user state keeps: the ranker's query and the sequential model's window."""
+        return max(self.history_len, self.sequence_len)
+
     def __post_init__(self) -> None:
         missing = [t for t in EVENT_TYPES if t not in self.weights]
         if missing:
@@ -71,6 +80,8 @@ class InterestConfig:
             raise ValueError("tau_s must be positive")
         if self.dedup_window < 1 or self.context_hash_dim < 1 or self.max_classes < 1:
             raise ValueError("dedup_window, context_hash_dim and max_classes must be >= 1")
+        if self.sequence_len < 0 or self.sequence_len > 10_000:
+            raise ValueError("sequence_len must be within 0..10000")
         if self.history_len < 1 or self.transition_window < 1:
             raise ValueError("history_len and transition_window must be >= 1")
         if self.transition_window > self.history_len:

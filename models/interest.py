@@ -14,17 +14,21 @@ record at or below that offset is a redelivery of something already in the sum: 
 without any bounded window (``InterestCore.apply``). The recent-id window remains for *producer-side*
 duplicates, which arrive at new offsets.
 
-The state also keeps the item ids of the user's last ``history_len`` events (in arrival order): the
+The state also keeps the item ids of the user's last ``history_len`` events (in event-time order): the
 query of the next-item ranker (``models/ranker.py``), and a 64-bit tag of the encoder that wrote the
 vector, so a state from another model is recognised instead of being mixed into a different space.
 
+The state also keeps, per recent item, its event type and time: the window of the sequential model
+(``models/sequence.py``), so the state keeps ``items_kept = max(history_len, sequence_len)`` items.
+
 Stored size per user (``to_bytes``): 32-byte header + 8 (model tag) + 4*dim (vector) + 12 (counts) +
-24 (offsets) + 8*window (id hashes) + the recent item ids (2 + len bytes each); all-MiniLM (384-d), the
-default window of 256 and eight MovieLens ids of up to 6 digits: 3,660 + at most 64 bytes.
+24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id; all-MiniLM (384-d), the
+default window of 256 and 50 recent MovieLens items (ids of up to 6 digits): 3,662 + at most 850 bytes.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import struct
@@ -35,7 +39,7 @@ import numpy as np
 from models.config import EVENT_TYPES, InterestConfig
 
 _HEADER = struct.Struct("<BxHIIIdQ")  # format, dim, window, n_ids, events_applied, t_ref, version
-_FORMAT = 3  # 1: no recent items; 2: no model tag, no offsets
+_FORMAT = 4  # 1: no recent items; 2: no model tag, no offsets; 3: recent items without type and time
 NO_OFFSET = -1
 
 
@@ -59,7 +63,9 @@ class UserState:
     events_applied: int = 0
     version: int = 0
     recent_ids: list[int] = field(default_factory=list)  # oldest first, at most `window`
-    recent_items: list[str] = field(default_factory=list)  # oldest first, at most cfg.history_len
+    recent_items: list[str] = field(default_factory=list)  # by (time, id), at most cfg.items_kept
+    recent_types: list[int] = field(default_factory=list)  # per recent item: its event type's index
+    recent_ts: list[float] = field(default_factory=list)  # per recent item: its event time
     offsets: np.ndarray = field(default_factory=lambda: np.full(len(EVENT_TYPES), NO_OFFSET, np.int64))
     """Per event type: the highest input offset applied (``NO_OFFSET``: none, or not from Kafka)."""
     model: int = 0
@@ -126,8 +132,15 @@ class UserState:
         self.recent_ids.append(h)
         del self.recent_ids[: -self.window]
         if item_id is not None:
-            self.recent_items.append(item_id)
-            del self.recent_items[: -cfg.history_len]
+            # In (time, item id) order, not arrival order: a user's events come through three topics
+            # (and late ones come late), and the window must not depend on how they interleave.
+            kept = list(zip(self.recent_ts, self.recent_items, strict=True))
+            at = bisect.bisect_right(kept, (ts, item_id))
+            self.recent_items.insert(at, item_id)
+            self.recent_types.insert(at, EVENT_TYPES.index(event_type))
+            self.recent_ts.insert(at, ts)
+            for recent in (self.recent_items, self.recent_types, self.recent_ts):
+                del recent[: -cfg.items_kept]
         self.events_applied += 1
         return True
 
@@ -150,12 +163,15 @@ class UserState:
         )
         items = b"".join(struct.pack("<H", len(raw)) + raw for raw in (i.encode() for i in self.recent_items))
         return b"".join([header, struct.pack("<Q", self.model), self.vec.tobytes(), self.counts.tobytes(),
-                         self.offsets.astype(np.int64).tobytes(), ids.tobytes(), items])  # fmt: skip
+                         self.offsets.astype(np.int64).tobytes(), ids.tobytes(),
+                         struct.pack("<H", len(self.recent_items)), items,
+                         np.asarray(self.recent_types, np.uint8).tobytes(),
+                         np.asarray(self.recent_ts, np.float64).tobytes()])  # fmt: skip
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         fmt, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
-        if fmt not in (1, 2, _FORMAT):  # 1 = 2 without recent items; 3 = 2 + model tag and offsets
+        if fmt not in (1, 2, 3, _FORMAT):
             raise ValueError(f"unknown user-state format {fmt}")
         off = _HEADER.size
         model = 0
@@ -172,13 +188,23 @@ class UserState:
             off += 8 * len(EVENT_TYPES)
         ids = np.frombuffer(raw, np.uint64, n_ids, off).tolist()
         off += 8 * n_ids
-        items = []
-        while off < len(raw):
+        items: list[str] = []
+        n_items = len(raw)  # formats 1-3: items up to the end
+        if fmt >= 4:
+            (n_items,) = struct.unpack_from("<H", raw, off)
+            off += 2
+        while off < len(raw) and len(items) < n_items:
             (n,) = struct.unpack_from("<H", raw, off)
             items.append(raw[off + 2 : off + 2 + n].decode())
             off += 2 + n
         state = cls(dim, window, vec, counts, t_ref if applied else -math.inf, applied, version, ids)
         state.recent_items = items
+        if fmt >= 4:
+            state.recent_types = np.frombuffer(raw, np.uint8, len(items), off).tolist()
+            state.recent_ts = np.frombuffer(raw, np.float64, len(items), off + len(items)).tolist()
+        else:  # not recorded then: the sequence model reads them as clicks at the state's time
+            state.recent_types = [0] * len(items)
+            state.recent_ts = [state.t_ref if applied else 0.0] * len(items)
         state.offsets = offsets
         state.model = model
         return state

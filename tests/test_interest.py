@@ -103,9 +103,17 @@ def test_offsets_and_model_tag_round_trip_and_older_formats_load():
     back = UserState.from_bytes(s.to_bytes())
     assert back.model == 12345
     assert [back.applied_offset(t) for t in ("click", "cart", "order")] == [-1, 41, 3]
-    # A format-2 record (no tag, no offsets) still loads, with no offsets applied.
+    assert (back.recent_items, back.recent_types, back.recent_ts) == (
+        ["i1", "i2", "i3"], [1, 1, 2], [1e9, 1e9 + 1, 1e9 + 2])  # fmt: skip
+    # Format 3 (items up to the end, no types or times) and format 2 (no tag, no offsets either) load.
     raw = s.to_bytes()
-    v2 = bytes([2]) + raw[1:32] + raw[40 : 40 + 4 * DIM + 12] + raw[40 + 4 * DIM + 12 + 24 :]
+    ids_end = 40 + 4 * DIM + 12 + 24 + 8 * 3
+    items = raw[ids_end + 2 : len(raw) - 3 * 9]  # without the item count, the types and the times
+    v3 = bytes([3]) + raw[1:ids_end] + items
+    v2 = bytes([2]) + raw[1:32] + raw[40 : 40 + 4 * DIM + 12] + raw[40 + 4 * DIM + 12 + 24 : ids_end] + items
+    three = UserState.from_bytes(v3)
+    assert three.model == 12345 and three.applied_offset("cart") == 41
+    assert three.recent_items == ["i1", "i2", "i3"] and three.recent_types == [0, 0, 0]
     old = UserState.from_bytes(v2)
     np.testing.assert_array_equal(old.vec, s.vec)
     assert old.model == 0 and old.applied_offset("cart") == -1 and old.recent_items == ["i1", "i2", "i3"]
@@ -120,9 +128,27 @@ def test_state_round_trips_through_bytes_within_the_budget():
     assert (back.t_ref, back.version, back.events_applied, back.recent_ids) == (
         s.t_ref, 7, 200, s.recent_ids,
     )  # fmt: skip
-    assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200  # CFG's window (256) holds all 200 ids
+    assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200 + 2  # CFG's window (256) holds all 200 ids
     # all-MiniLM (384-d) with the default window: the budget the README states.
     full = UserState.empty(384, CFG.dedup_window)
     for i in range(300):
         full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG)
-    assert len(full.to_bytes()) == 3660
+    assert len(full.to_bytes()) == 3662
+    # ... plus the sequence window: 50 recent items (MovieLens ids of up to 6 digits) cost at most 850 B.
+    for i in range(300):
+        full.add(f"f{i}", 2e9 + i, "cart", np.ones(384, np.float32), CFG, item_id=str(100_000 + i))
+    assert len(full.recent_items) == CFG.sequence_len == 50
+    assert len(full.to_bytes()) == 3662 + 50 * (2 + 6 + 1 + 8)
+
+
+def test_recent_items_are_kept_in_event_time_order_whatever_the_arrival_order():
+    cfg = InterestConfig(history_len=3, transition_window=2, sequence_len=4)
+    events = [(f"e{k}", 1e9 + 10 * k, ("click", "cart", "order")[k % 3], f"i{k}") for k in range(7)]
+    states = []
+    for order in (events, events[::-1], events[3:] + events[:3]):
+        s = UserState.empty(DIM, 16)
+        for event_id, ts, kind, item in order:
+            s.add(event_id, ts, kind, unit(1), cfg, item)
+        states.append((s.recent_items, s.recent_types, s.recent_ts))
+    assert states[0] == states[1] == states[2]
+    assert states[0][0] == ["i3", "i4", "i5", "i6"] and states[0][1] == [0, 1, 2, 0]

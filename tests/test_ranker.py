@@ -55,15 +55,17 @@ def test_text_and_popularity_rank_items_nobody_followed_yet():
 
 def test_state_keeps_recent_items_and_reads_format_1():
     s = UserState.empty(DIM, 16)
+    cfg = InterestConfig(sequence_len=4)
     for k in range(12):
-        s.add(f"e{k}", float(k), "click", unit(k), CFG, item_id=f"item-{k}")
-    assert s.recent_items == [f"item-{k}" for k in range(4, 12)]  # history_len = 8
+        s.add(f"e{k}", float(k), "click", unit(k), cfg, item_id=f"item-{k}")
+    # items_kept = max(history_len 8, sequence_len 4): the ranker reads the last 8
+    assert s.recent_items == [f"item-{k}" for k in range(4, 12)]
     back = UserState.from_bytes(s.to_bytes())
     assert back.recent_items == s.recent_items and back.recent_ids == s.recent_ids
     raw = s.to_bytes()
     # A format-1 record: header, vector, counts, ids; no model tag, offsets or item list.
-    old = bytearray(raw[:32] + raw[40 : 40 + 4 * DIM + 12] + raw[40 + 4 * DIM + 12 + 24 :])
+    ids_end = 40 + 4 * DIM + 12 + 24 + 8 * len(s.recent_ids)
+    old = bytearray(raw[:32] + raw[40 : 40 + 4 * DIM + 12] + raw[40 + 4 * DIM + 12 + 24 : ids_end])
     old[0] = 1
-    cut = len(old) - sum(2 + len(i) for i in s.recent_items)
-    v1 = UserState.from_bytes(bytes(old[:cut]))
+    v1 = UserState.from_bytes(bytes(old))
     assert v1.recent_items == [] and v1.events_applied == 12
