@@ -23,12 +23,14 @@ of the newest window position).
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import struct
 import zlib
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -39,6 +41,11 @@ from models.config import EVENT_TYPES
 from models.events import Event, Item
 
 _N_GAPS = 24  # log2 buckets of seconds since the previous event: 0 s .. ~97 days and beyond
+_SNAPSHOT_MAGIC = b"ISEQ1"
+
+Step = tuple[str, np.ndarray | None, int, float]
+"""One event of a user's window as a worker holds it: (item id, the item's text embedding or None when
+not at hand, event-type index, event time)."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,7 @@ class SequenceModel:
             if item_id not in self.index:
                 self.index[item_id] = len(self._text)
                 self._text.append(np.asarray(vec, np.float32))
-                self._buckets.append(zlib.crc32(item_id.encode()) % self.config.id_buckets)
+                self._buckets.append(self.bucket(item_id))
                 self._tensors = None
 
     def _catalogue(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,6 +236,103 @@ class SequenceModel:
     def scores(self, user: str) -> np.ndarray:
         """Scores of every registered item (``index`` order) for ``user``'s next event."""
         return self.item_vectors() @ self.user_vectors([user])[0]
+
+    # -- serving: windows held elsewhere (a worker's user states), weights from a snapshot --------------
+    def item_vectors_of(self, item_ids: Sequence[str], text: np.ndarray) -> np.ndarray:
+        """(n, dim) item vectors ``r_i`` for items that need not be registered (``text``: (n, text_dim);
+        a row of zeros where the text is unknown, so the item is scored by its ID embedding alone)."""
+        self.net.eval()
+        with torch.no_grad():
+            buckets = torch.tensor([self.bucket(i) for i in item_ids], dtype=torch.long)
+            return self.net.items(torch.from_numpy(np.asarray(text, np.float32)), buckets).numpy()
+
+    def user_vectors_of(self, windows: Sequence[Sequence[Step]]) -> np.ndarray:
+        """(len(windows), dim) user vectors of windows given explicitly (oldest event first; the last
+        ``max_len`` are read), as ``user_vectors`` computes them from the model's own histories."""
+        cfg = self.config
+        out = np.zeros((len(windows), cfg.dim), np.float32)
+        rows = [(k, list(w)[-cfg.max_len :]) for k, w in enumerate(windows) if len(w)]
+        if not rows:
+            return out
+        ids = [step[0] for _, w in rows for step in w]
+        zero = np.zeros(self.net.text_proj.in_features, np.float32)
+        text = np.stack([zero if step[1] is None else step[1] for _, w in rows for step in w])
+        self.net.eval()
+        with torch.no_grad():
+            r = self.net.items(torch.from_numpy(text.astype(np.float32, copy=False)),
+                               torch.tensor([self.bucket(i) for i in ids], dtype=torch.long))  # fmt: skip
+            seqs, types, gaps, start = [], [], [], 0
+            for _, w in rows:
+                items, t, g = self._window([(start + j, step[2], step[3]) for j, step in enumerate(w)])
+                seqs.append(items), types.append(t), gaps.append(g)
+                start += len(w)
+            hidden = self.net.users(r, self._pad(seqs, -1), self._pad(types, 0), self._pad(gaps, 0))
+            out[[k for k, _ in rows]] = hidden[:, -1].numpy()
+        return out
+
+    def bucket(self, item_id: str) -> int:
+        return zlib.crc32(item_id.encode()) % self.config.id_buckets
+
+    def to_bytes(self) -> bytes:
+        """The weights (float32) with the config: what a trainer publishes and a worker loads. Histories
+        and the optimiser's moments are not in it (a worker holds its users' windows itself)."""
+        tensors = self.net.state_dict()
+        header = {
+            "config": asdict(self.config),
+            "text_dim": self.net.text_proj.in_features,
+            "learned_events": self.learned_events,
+            "tensors": [[name, list(t.shape)] for name, t in tensors.items()],
+        }
+        head = json.dumps(header, sort_keys=True).encode()
+        body = b"".join(t.detach().to(torch.float32).contiguous().numpy().tobytes() for t in tensors.values())
+        return _SNAPSHOT_MAGIC + struct.pack("<I", len(head)) + head + body
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SequenceModel:
+        """A model with a snapshot's config and weights (for scoring; it can learn on from there too)."""
+        if raw[: len(_SNAPSHOT_MAGIC)] != _SNAPSHOT_MAGIC:
+            raise ValueError("not a sequence-model snapshot")
+        (n,) = struct.unpack_from("<I", raw, len(_SNAPSHOT_MAGIC))
+        start = len(_SNAPSHOT_MAGIC) + 4
+        header = json.loads(raw[start : start + n])
+        model = cls(int(header["text_dim"]), SequenceConfig(**header["config"]))
+        state, off = {}, start + n
+        for name, shape in header["tensors"]:
+            count = math.prod(shape)
+            state[name] = torch.from_numpy(np.frombuffer(raw, np.float32, count, off).reshape(shape).copy())
+            off += 4 * count
+        if off != len(raw):
+            raise ValueError(f"snapshot has {len(raw) - off} bytes after its tensors")
+        model.net.load_state_dict(state)
+        model.learned_events = int(header["learned_events"])
+        return model
+
+    def dump_histories(self) -> dict:
+        """What a trainer checkpoints besides weights and optimiser: the catalogue rows (their text),
+        the users' windows, the replay order and the random streams, so a resumed trainer learns on as
+        if it had never stopped."""
+        return {
+            "index": dict(self.index),
+            "text": np.stack(self._text) if self._text else None,
+            "history": {u: list(h) for u, h in self.history.items()},
+            "seen_users": list(self._seen_users),
+            "learned_events": self.learned_events,
+            "rng": self._rng.getstate(),
+            "torch_rng": self._torch_rng,
+        }
+
+    def restore_histories(self, saved: dict) -> None:
+        self.index = dict(saved["index"])
+        text = saved["text"]
+        self._text = [] if text is None else [row.astype(np.float32) for row in text]
+        self._buckets = [self.bucket(i) for i in sorted(self.index, key=self.index.__getitem__)]
+        self._tensors, self._item_vectors = None, None
+        keep = self.config.max_len + 1
+        self.history = {u: deque(map(tuple, h), maxlen=keep) for u, h in saved["history"].items()}
+        self._seen_users = list(saved["seen_users"])
+        self.learned_events = int(saved["learned_events"])
+        self._rng.setstate(saved["rng"])
+        self._torch_rng = saved["torch_rng"]
 
     # -- learning --------------------------------------------------------------------------------------
     def learn(self, batch: Sequence[tuple[Event, Item]]) -> float:

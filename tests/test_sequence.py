@@ -146,3 +146,43 @@ def test_other_random_draws_in_the_process_do_not_change_what_it_learns():
         torch.rand(1000)  # someone else's dropout, say
         b.learn(batch)
     np.testing.assert_array_equal(a.scores("u3"), b.scores("u3"))
+
+
+def test_snapshot_gives_workers_the_same_vectors_from_windows_they_hold():
+    batches, _ = cycle_stream(n_users=12, steps=10)
+    model = new_model()
+    for batch in batches:
+        model.learn(batch)
+    served = SequenceModel.from_bytes(model.to_bytes())
+    assert served.learned_events == model.learned_events and served.config == model.config
+    text = {item_id: texts(N_ITEMS)[row] for item_id, row in model.index.items()}
+    ids = sorted(model.index, key=model.index.get)
+    for user in ("u0", "u5"):
+        window = [(ids[i], text[ids[i]], kind, ts) for i, kind, ts in model.history[user]]
+        np.testing.assert_allclose(served.user_vectors_of([window])[0], model.user_vectors([user])[0],
+                                   atol=1e-6)  # fmt: skip
+        item_vectors = served.item_vectors_of(ids, np.stack([text[i] for i in ids]))
+        scores = item_vectors @ served.user_vectors_of([window])[0]
+        np.testing.assert_allclose(scores, model.scores(user), atol=1e-5)
+    with pytest.raises(ValueError, match="not a sequence-model snapshot"):
+        SequenceModel.from_bytes(b"garbage")
+
+
+def test_a_model_restored_from_its_checkpoint_learns_on_exactly_as_if_never_stopped():
+    import copy
+
+    batches, _ = cycle_stream(n_users=12, steps=10)
+    straight = new_model()
+    for batch in batches:
+        straight.learn(batch)
+    first = new_model()
+    for batch in batches[:2]:
+        first.learn(batch)
+    saved = copy.deepcopy({"weights": first.to_bytes(), "opt": first.opt.state_dict(),
+                           "rest": first.dump_histories()})  # fmt: skip
+    resumed = SequenceModel.from_bytes(saved["weights"])
+    resumed.opt.load_state_dict(saved["opt"])
+    resumed.restore_histories(saved["rest"])
+    for batch in batches[2:]:
+        resumed.learn(batch)
+    assert resumed.to_bytes() == straight.to_bytes()
