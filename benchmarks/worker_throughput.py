@@ -1,10 +1,11 @@
 """Worker throughput and latency on a real local broker, against the core alone, in one script.
 
-    python benchmarks/worker_throughput.py [--events N]
+    python benchmarks/worker_throughput.py [--events N] [--sequence-model]
 
 Prints: broker start time, encoder texts/s (cold cache), core events/s (replay driver, warm cache), worker
 events/s end to end through Kafka (warm cache), their ratio, and the time from worker start to its first
-update. The worker reuses the embedding cache the baseline filled, so both sides measure the same work.
+update; with ``--sequence-model``, a second worker that also serves the sequential model, and its ratio to
+the first. The worker reuses the embedding cache the baseline filled, so both sides measure the same work.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +41,8 @@ from streams.topics import ensure_topics  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--sequence-model", action="store_true",
+                    help="also run a worker serving the sequential model")  # fmt: skip
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="interest-bench-"))
     broker = None
@@ -76,9 +80,42 @@ def main() -> None:
     expected = {u: s.events_applied for u, s in result.states.items()}
     cache.close()
 
-    # The worker, end to end through Kafka.
+    # The worker, end to end through Kafka: without the sequential model, then with a snapshot of it
+    # on the model topic (each update then also carries the model's user vector).
+    rate, first = run_worker(bootstrap, env, run, "plain", records, used, expected, work, None)
+    print(f"worker: first update {first:.1f} s after start (model load + first batch)")
+    print(f"worker, warm cache: {len(records)} events, first to last update: {rate:,.0f} events/s")
+    print(f"ratio worker / core alone: {rate / core_rate:.2f}")
+    if args.sequence_model:
+        from models.sequence import SequenceModel
+
+        # Untrained weights: the cost of a forward pass does not depend on what the weights are.
+        snapshot = SequenceModel(core.dim).to_bytes()
+        seq_rate, _ = run_worker(bootstrap, env, run, "seq", records, used, expected, work, snapshot)
+        print(f"worker with the sequential model: {seq_rate:,.0f} events/s "
+              f"({seq_rate / rate:.2f} of the worker without it)")  # fmt: skip
+    if broker is not None:
+        broker.stop()
+
+
+def run_worker(bootstrap, env, run, tag, records, used, expected, work, snapshot):  # noqa: ANN001, ANN201
+    """events/s from first to last update of one worker over ``records`` on fresh topics, and the
+    seconds from its start to its first update."""
+    from streams.model_sync import snapshot_records
+
+    prefix = f"bench-{run}-{tag}"
+    state = work / f"worker-{tag}"  # its own tables; a copy of the embedding cache the baseline filled
+    shutil.copytree(work / "worker" / "embedding-cache", state / "embedding-cache")
+    env = dict(env, INTEREST_APP_ID=prefix, INTEREST_WEB_PORT=str(free_port()), INTEREST_STATE_DIR=str(state),
+               **{f"INTEREST_{t.upper()}_TOPIC": f"{prefix}-{t}"
+                  for t in ("click", "cart", "order", "items", "updates", "dlq", "model")})  # fmt: skip
+    settings = Settings.load(env)
     ensure_topics(settings)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024,
+                             max_request_size=2 * 1024**2)  # fmt: skip
+    if snapshot is not None:
+        for key, value in snapshot_records(snapshot, 1, 0):
+            producer.send(settings.model_topic, key=key, value=value)
     for item_id, item in used.items():
         value = {"title": item.title, "text": item.text, "categories": list(item.categories)}
         producer.send(settings.items_topic, key=item_id.encode(), value=json.dumps(value).encode())
@@ -89,32 +126,30 @@ def main() -> None:
     producer.flush()
     consumer = KafkaConsumer(settings.updates_topic, bootstrap_servers=bootstrap, group_id=None,
                              auto_offset_reset="earliest", consumer_timeout_ms=100)  # fmt: skip
-    log = open(work / "worker.log", "wb")  # noqa: SIM115
+    log = open(work / f"worker-{tag}.log", "wb")  # noqa: SIM115
     t_start = time.perf_counter()
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO,
                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     seen: dict[str, int] = {}
     t_first = None
+    with_vector = 0
     try:
         while len(seen) < len(expected) or any(seen[u] < n for u, n in expected.items()):
             for msg in consumer:
                 u = json.loads(msg.value)
                 seen[u["user_id"]] = u["events_applied"]
+                with_vector += "sequence" in u
                 if t_first is None:
                     t_first = time.perf_counter()
             if time.perf_counter() - t_start > 900:
-                raise SystemExit(f"timed out; see {work / 'worker.log'}")
+                raise SystemExit(f"timed out; see {work / f'worker-{tag}.log'}")
         t_end = time.perf_counter()
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
-        if broker is not None:
-            broker.stop()
-    rate = len(records) / (t_end - t_first)
-    print(f"worker: first update {t_first - t_start:.1f} s after start (model load + first batch)")
-    print(f"worker, warm cache: {len(records)} events from first to last update in "
-          f"{t_end - t_first:.2f} s = {rate:,.0f} events/s")  # fmt: skip
-    print(f"ratio worker / core alone: {rate / core_rate:.2f}")
+    if snapshot is not None:
+        print(f"  {with_vector} updates carried the sequential model's user vector")
+    return len(records) / (t_end - t_first), t_first - t_start
 
 
 if __name__ == "__main__":

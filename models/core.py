@@ -36,9 +36,11 @@ class InterestUpdate:
     events_applied: int
     model: str
     last_event: Event
+    sequence: tuple[np.ndarray, int, int] | None = None
+    """The sequential model's user vector, its snapshot id and learned events (set by the worker)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "user_id": self.user_id,
             "version": self.version,
             "event_ts": self.event_ts,
@@ -52,6 +54,11 @@ class InterestUpdate:
                 "item_id": self.last_event.item_id,
             },
         }
+        if self.sequence is not None:
+            vector, snapshot, learned = self.sequence
+            out["sequence"] = {"vector": np.round(vector.astype(np.float64), 7).tolist(), "model": snapshot,
+                               "learned_events": learned}  # fmt: skip
+        return out
 
 
 @dataclass

@@ -35,6 +35,7 @@ from streams.app import app, dlq_topic, event_topic, heads, settings, updates_to
 from streams.catalog import Catalog
 from streams.checkpoint import TP, OffsetLedger, Verdict
 from streams.checkpoint import install as install_checkpoint
+from streams.model_sync import ServedModel
 from streams.replicas import HeadExchange
 from streams.settings import build_core
 from streams.topics import ensure_topics
@@ -119,11 +120,17 @@ class TableStates:
 
 catalog = Catalog(settings.broker, settings.items_topic, Path(settings.state_dir) / "catalog")
 head_exchange = HeadExchange(settings.broker, heads.changelog_topic.get_topic_name(), settings.head_sync_s)
+served_model = ServedModel(settings.broker, settings.model_topic)
 
 
 @app.task
 async def read_catalog() -> None:
     await catalog.run()
+
+
+@app.task
+async def follow_model_snapshots() -> None:
+    await served_model.run()
 
 
 @app.task
@@ -268,7 +275,28 @@ async def apply_partition(
     counters.duplicates += result.duplicates
     counters.redelivered += result.redelivered
     counters.updates += len(result.updates)
+    await add_sequence_vectors(core, result.updates, result.states)
     return result.updates
+
+
+async def add_sequence_vectors(core: InterestCore, updates: list[InterestUpdate], states: dict) -> None:
+    """Give each update the user vector of the newest sequential-model snapshot (none loaded: none)."""
+    model = served_model.model
+    if model is None or not updates:
+        return
+    touched = {u.user_id: states[u.user_id] for u in updates}
+    missing = served_model.missing(touched)
+    if missing:  # window items from before this worker started: their text, through the embedding cache
+        items = {i: catalog.get(i) for i in missing}
+        found = {i: item for i, item in items.items() if item is not None}
+        embeddings = await embed_all(core, list(found.values()))
+        for item_id, item in found.items():
+            if item.encoder_text in embeddings:
+                served_model.remember(item_id, embeddings[item.encoder_text])
+    vectors = served_model.user_vectors(touched, model)
+    learned = model.learned_events
+    for update in updates:
+        update.sequence = (vectors[update.user_id], served_model.version, learned)
 
 
 def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
@@ -340,6 +368,9 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         updates: list[InterestUpdate] = []
         if by_partition:
             embeddings = await embed_all(core, [item for _, _, item in valid])
+            for _, event, item in valid:
+                if item.encoder_text in embeddings:
+                    served_model.remember(event.item_id, embeddings[item.encoder_text])
             for partition, group in by_partition.items():
                 updates += await apply_partition(core, partition, group, embeddings, rebalances)
         await asyncio.gather(*take_unacknowledged())  # states, heads, dead letters: the broker has them

@@ -73,6 +73,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """The sequential model's trainer: learns from every partition, publishes snapshots to the workers."""
+    import asyncio
+    import logging
+
+    from streams.catalog import Catalog
+    from streams.model_sync import Trainer
+    from streams.settings import build_core
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    state_dir = Path(args.state_dir) if args.state_dir else Path(settings.state_dir).parent / "trainer"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    settings = dataclasses.replace(settings, state_dir=str(state_dir))  # its own embedding cache
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_topics(settings)
+    core = build_core(settings)
+    catalog = Catalog(settings.broker, settings.items_topic, state_dir / "catalog")
+    trainer = Trainer(settings, core, catalog, state_dir)
+
+    async def main() -> None:
+        stop = asyncio.Event()  # SIGTERM / Ctrl-C: learn what was read, publish it, then exit
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await trainer.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
 def _records(args: argparse.Namespace):
     from models import sources
 
@@ -292,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--loglevel", "-l", default="info")
     w.add_argument("faust_args", nargs=argparse.REMAINDER, help="passed on to faust's worker command")
     w.set_defaults(func=cmd_worker)
+
+    tr = sub.add_parser("train", help="train the sequential model from the topics; publish it to the workers")
+    tr.add_argument("--loglevel", "-l", default="info")
+    tr.add_argument("--state-dir", default=None,
+                    help="checkpoint and caches (default: <state dir>/../trainer)")  # fmt: skip
+    tr.set_defaults(func=cmd_train)
 
     for name, func, helptext in (
         ("produce", cmd_produce, "push a JSONL/CSV file or the MovieLens sample into the topics"),

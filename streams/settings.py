@@ -37,6 +37,11 @@ class Settings:
     items_topic: str = "items"
     updates_topic: str = "interest-updates"
     dlq_topic: str = "interest-dlq"
+    model_topic: str = "interest-model"
+    """Compacted topic of the sequential model's snapshots (``streams/model_sync.py``)."""
+    model_sync_s: float = 30.0
+    """The trainer publishes a snapshot of the sequential model every this many seconds (while it learns);
+    workers load each one as it arrives."""
     partitions: int = 4
     max_batch: int = 256
     max_wait_s: float = 0.5
@@ -132,6 +137,8 @@ class Settings:
             raise ValueError("partitions and max_batch must be >= 1 and max_wait_s > 0")
         if self.session_timeout_s < 6 or self.max_future_s < 0 or self.max_fetch_bytes < 1024**2:
             raise ValueError("session_timeout_s must be >= 6, max_future_s >= 0, max_fetch_bytes >= 1 MiB")
+        if self.model_sync_s <= 0:
+            raise ValueError("model_sync_s must be > 0")
         if self.encoder_backend not in BACKENDS:
             raise ValueError(f"encoder_backend must be one of {BACKENDS}, got {self.encoder_backend!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -1,7 +1,8 @@
 """Declare the service's topics with the right partition counts before anything produces to them.
 
 The three event topics and the updates topic share one partition count (co-partitioned by ``user_id``);
-``items`` is compacted with one partition so every worker can hold the whole catalog.
+``items`` is compacted with one partition so every worker can hold the whole catalog, and so is
+``interest-model`` (the sequential model's snapshots, which every worker loads whole).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     specs[settings.updates_topic] = (settings.partitions, {})
     specs[settings.dlq_topic] = (settings.partitions, {})
     specs[settings.items_topic] = (1, {"cleanup.policy": "compact"})
+    # Snapshots of the sequential model: chunks of ~0.9 MB, newest per key kept (streams/model_sync.py).
+    specs[settings.model_topic] = (1, {"cleanup.policy": "compact", "max.message.bytes": str(2 * 1024**2)})
     return specs
 
 

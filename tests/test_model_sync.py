@@ -1,0 +1,153 @@
+"""The sequential model in the stream: the trainer learns from every partition and publishes chunked
+snapshots; a worker loads them and gives each update the user vector of the newest snapshot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faults import stop_worker
+from kafka import KafkaConsumer, KafkaProducer
+from test_integration import Collector, start_worker, wait_for, worker_env
+
+from models.events import item_to_json
+from models.sequence import SequenceModel
+from models.sources import movielens_events, movielens_items
+from streams import model_sync
+from streams.model_sync import SnapshotAssembler, snapshot_records
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_snapshot_is_taken_only_when_all_its_chunks_and_its_checksum_are_there(monkeypatch):
+    monkeypatch.setattr(model_sync, "CHUNK_BYTES", 10)
+    first, second = bytes(range(35)), bytes(range(100, 125))
+    one = list(snapshot_records(first, 1, learned_events=5))
+    two = list(snapshot_records(second, 2, learned_events=9))
+    assert [k for k, _ in one] == [b"chunk/0", b"chunk/1", b"chunk/2", b"chunk/3", b"manifest"]
+    reader = SnapshotAssembler()
+    for key, value in one:
+        reader.apply(key, value)
+    assert reader.take() == first and reader.take() is None
+    # A trainer that died mid-publish: chunk 1 of snapshot 2 never arrived; the manifest must not win.
+    for key, value in two:
+        if key != b"chunk/1":
+            reader.apply(key, value)
+    assert reader.take() is None
+    # A corrupted chunk fails the checksum.
+    for key, value in two:
+        reader.apply(key, value[:-1] + b"!" if key == b"chunk/1" else value)
+    assert reader.take() is None
+    for key, value in two:
+        reader.apply(key, value)
+    assert reader.take() == second and json.loads(two[-1][1])["learned_events"] == 9
+
+
+def model_snapshots(bootstrap: str, topic: str) -> list[tuple[dict, bytes]]:
+    """Every complete snapshot on the model topic so far, oldest first."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                             consumer_timeout_ms=1500, max_partition_fetch_bytes=16 * 1024**2)  # fmt: skip
+    reader, out = SnapshotAssembler(), []
+    for msg in consumer:
+        reader.apply(msg.key, msg.value)
+        raw = reader.take()
+        if raw is not None:
+            out.append((reader.manifest, raw))
+    consumer.close()
+    return out
+
+
+def start_trainer(env: dict[str, str], log: Path) -> subprocess.Popen:
+    fh = open(log, "ab")  # noqa: SIM115 - handed to the child process
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "train"], env=env, cwd=REPO,
+                            stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_trainer_and_worker_share_one_model_through_the_broker(kafka_bootstrap, encoder, tmp_path):
+    run = uuid.uuid4().hex[:8]
+    extra = {"INTEREST_PARTITIONS": "3", "INTEREST_MAX_BATCH": "200", "INTEREST_MAX_WAIT_S": "0.3",
+             "INTEREST_MODEL_TOPIC": f"m-{run}-model", "INTEREST_MODEL_SYNC_S": "2"}  # fmt: skip
+    env = worker_env(kafka_bootstrap, f"m-{run}", tmp_path, **extra)
+    settings = Settings.load(env)
+    ensure_topics(settings)
+    items = movielens_items()
+    # In event-time order, as a live stream arrives: each user's window is then in time order too.
+    records = sorted(movielens_events(max_users=12), key=lambda r: (r[1]["ts"], r[1]["event_id"]))
+    quarter = len(records) // 4
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for item_id in {e["item_id"] for _, e in records}:
+        value = json.dumps(item_to_json(items[item_id])).encode()
+        producer.send(settings.items_topic, key=item_id.encode(), value=value)
+
+    def send(batch) -> None:
+        for etype, event in batch:
+            key, value = event["user_id"].encode(), json.dumps(event).encode()
+            producer.send(settings.topic_for(etype), key=key, value=value)
+        producer.flush()
+
+    def learned() -> int:
+        snaps = model_snapshots(kafka_bootstrap, settings.model_topic)
+        return snaps[-1][0]["learned_events"] if snaps else -1
+
+    trainer_log, worker_log = tmp_path / "trainer.log", tmp_path / "worker.log"
+    collector = Collector(settings)
+    collector.start()
+    send(records[:quarter])
+    trainer = start_trainer(env, trainer_log)
+    worker = None
+    try:
+        wait_for(lambda: learned() == quarter, 180, "the first snapshot of the first quarter", trainer_log)
+        # Killed without warning, then restarted: it resumes from its checkpoint, so every event is
+        # learned exactly once (a double count or a gap would show in learned_events).
+        trainer.kill()
+        trainer.wait(10)
+        send(records[quarter : 2 * quarter])
+        trainer = start_trainer(env, trainer_log)
+        wait_for(lambda: learned() == 2 * quarter, 180, "learning on after a kill -9", trainer_log)
+        stop_worker(trainer)  # the model is final from here on: the worker's vectors are checkable
+        worker = start_worker(env, worker_log)
+        wait_for(lambda: "sequence model snapshot" in worker_log.read_text(errors="replace"), 120,
+                 "the worker to load the snapshot", worker_log)  # fmt: skip
+        send(records[2 * quarter :])
+        counts: dict[str, int] = {}
+        for _, e in records:
+            counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
+        done = lambda: all(  # noqa: E731
+            collector.updates.get(u) and collector.updates[u][-1]["events_applied"] == n
+            for u, n in counts.items()
+        )
+        wait_for(done, 240, "every user's last update", worker_log)
+    finally:
+        for proc in (trainer, worker):
+            if proc is not None:
+                stop_worker(proc)
+        collector.stop_flag.set()
+        collector.join(10)
+        producer.close()
+
+    manifest, raw = model_snapshots(kafka_bootstrap, settings.model_topic)[-1]
+    assert manifest["learned_events"] == 2 * quarter
+    model = SequenceModel.from_bytes(raw)
+    # The last update of each user who acted after the worker had the snapshot carries the snapshot's
+    # vector for the user's window (last 50 events by time, then item id), text from the real encoder (the
+    # worker holds it as float16).
+    late = {e["user_id"] for _, e in records[2 * quarter :]}
+    assert late
+    for user in late:
+        final = collector.updates[user][-1]
+        assert final["sequence"]["model"] == manifest["id"]
+        assert final["sequence"]["learned_events"] == manifest["learned_events"]
+        mine = sorted((e["ts"], e["item_id"], t) for t, e in records if e["user_id"] == user)[-50:]
+        texts = encoder.encode([items[i].encoder_text for _, i, _ in mine])
+        window = [(i, texts[k].astype(np.float16).astype(np.float32), ("click", "cart", "order").index(t), ts)
+                  for k, (ts, i, t) in enumerate(mine)]  # fmt: skip
+        expected = model.user_vectors_of([window])[0]
+        np.testing.assert_allclose(final["sequence"]["vector"], expected, atol=2e-4)
