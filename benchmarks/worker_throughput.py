@@ -132,13 +132,14 @@ def run_worker(bootstrap, env, run, tag, records, used, expected, work, snapshot
                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     seen: dict[str, int] = {}
     t_first = None
-    with_vector = 0
+    with_vector = n_updates = 0
     try:
         while len(seen) < len(expected) or any(seen[u] < n for u, n in expected.items()):
             for msg in consumer:
                 u = json.loads(msg.value)
                 seen[u["user_id"]] = u["events_applied"]
                 with_vector += "sequence" in u
+                n_updates += 1
                 if t_first is None:
                     t_first = time.perf_counter()
             if time.perf_counter() - t_start > 900:
@@ -148,7 +149,7 @@ def run_worker(bootstrap, env, run, tag, records, used, expected, work, snapshot
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
     if snapshot is not None:
-        print(f"  {with_vector} updates carried the sequential model's user vector")
+        print(f"  {with_vector} of {n_updates} updates carried the sequential model's user vector")
     return len(records) / (t_end - t_first), t_first - t_start
 
 

@@ -76,6 +76,8 @@ class EvalOptions:
     """... folding in the other replicas every this many events (the worker: every ``head_sync_s``)."""
     sequence: bool = True
     """Leave-one-out rows for the online sequential model (``models.sequence``) and its mixes."""
+    sequence_sync_events: tuple[int, ...] = (1_000, 10_000)
+    """... and the model served as workers serve it: weights refreshed every this many events."""
 
 
 # The default model's ablations and grids: name -> InterestConfig changes.
@@ -163,6 +165,9 @@ def _loo(
             sequence = OnlineSequence("sequence", log.items, item_emb)
             scorers.append(sequence)
             scorers += [Mix(f"mix {w}", sequence, scorers[0], w) for w in MIX_WEIGHTS]
+            for every in opts.sequence_sync_events:
+                name = f"sequence: synced every {every:,} events"
+                scorers.append(OnlineSequence(name, log.items, item_emb, None, every))
             if opts.ablations:
                 for n, ch in SEQUENCE_VARIANTS.items():
                     config = replace(SequenceConfig(), **ch)

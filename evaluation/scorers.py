@@ -216,18 +216,28 @@ class SASRecScorer:
 class OnlineSequence:
     """The sequential model of ``models.sequence``, learned online from the same batches as the core."""
 
-    def __init__(self, name: str, items: list[str], item_emb: np.ndarray, config: Any = None) -> None:
+    def __init__(
+        self, name: str, items: list[str], item_emb: np.ndarray, config: Any = None, sync_every: int = 0
+    ) -> None:
+        """``sync_every`` > 0: score with a copy of the weights refreshed every that many learned events
+        (and the users' current windows), as a worker serves the trainer's snapshots."""
         from models.sequence import SequenceModel
 
         self.name = name
         self.model = SequenceModel(item_emb.shape[1], config)
         self.model.add_items(list(zip(items, item_emb, strict=True)))  # rows in catalogue order
+        self.sync_every = sync_every
+        self.served = self.model.served_copy() if sync_every else self.model
+        self._since_sync = 0
 
     def learn(self, batch: Batch) -> None:
         self.model.learn(batch)
+        self._since_sync += len(batch)
+        if self.sync_every and self._since_sync >= self.sync_every:
+            self.served, self._since_sync = self.model.served_copy(), 0
 
     def scores(self, user: str) -> np.ndarray:
-        return self.model.scores(user)
+        return self.served.scores(user)
 
 
 class Mix:

@@ -188,7 +188,7 @@ class SequenceModel:
                 self._tensors = None
 
     def _catalogue(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._tensors is None:
+        if self._tensors is None or len(self._tensors[1]) != len(self._buckets):
             self._tensors = (torch.from_numpy(np.stack(self._text)), torch.tensor(self._buckets))
         return self._tensors
 
@@ -269,6 +269,14 @@ class SequenceModel:
             hidden = self.net.users(r, self._pad(seqs, -1), self._pad(types, 0), self._pad(gaps, 0))
             out[[k for k, _ in rows]] = hidden[:, -1].numpy()
         return out
+
+    def served_copy(self) -> SequenceModel:
+        """A copy of the weights as a snapshot carries them, sharing this model's catalogue and users'
+        windows: what a worker scores with between two snapshots (``evaluate`` simulates staleness)."""
+        copy = SequenceModel.from_bytes(self.to_bytes())
+        copy.index, copy._text, copy._buckets = self.index, self._text, self._buckets
+        copy.history = self.history
+        return copy
 
     def bucket(self, item_id: str) -> int:
         return zlib.crc32(item_id.encode()) % self.config.id_buckets

@@ -430,6 +430,9 @@ async def interest_agent(stream: StreamT) -> None:
     # Events that name catalog items must not be dead-lettered as unknown while the catalog loads.
     while not await catalog.wait_caught_up(10.0):
         log.warning("waiting for the item catalog to load (%d items so far)", catalog.loaded)
+    if not await served_model.wait_caught_up(30.0):
+        log.warning("the sequential model's topic is not read to its end after 30 s; updates go out "
+                    "without its vectors until a snapshot is loaded")  # fmt: skip
     log.info("encoder %s (dim %d, weights %s); batches of %d within %.2fs", core.encoder.name, core.dim,
              "loaded" if core.encoder.weights_loaded else "loading", settings.max_batch,
              settings.max_wait_s)  # fmt: skip

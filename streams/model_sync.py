@@ -103,6 +103,7 @@ class ServedModel:
         self.manifest: dict | None = None
         self.assembler = SnapshotAssembler()
         self.loads = 0
+        self.caught_up = asyncio.Event()
         self.text: dict[str, np.ndarray] = {}
         """Item id -> text embedding (float16) for items of windows; filled from every batch."""
 
@@ -127,7 +128,20 @@ class ServedModel:
     async def run(self) -> None:
         from streams.catalog import follow_topic
 
-        await follow_topic(self.bootstrap, self.topic, self._apply)
+        async def on_round(positions: dict[int, int], ends: dict[int, int], asked: float) -> None:
+            if all(positions.get(p, 0) >= e for p, e in ends.items()):
+                self.caught_up.set()
+
+        await follow_topic(self.bootstrap, self.topic, self._apply, on_round)
+
+    async def wait_caught_up(self, timeout_s: float) -> bool:
+        """Wait until the topic has been read to its end once (the newest snapshot, if any, is loaded),
+        so a (re)started worker's first updates already carry the model's vectors."""
+        try:
+            await asyncio.wait_for(self.caught_up.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def remember(self, item_id: str, text: np.ndarray) -> None:
         self.text[item_id] = text.astype(np.float16)
