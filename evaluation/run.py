@@ -148,6 +148,8 @@ def _loo(
         sasrec_log.append(line)
         status("leave-one-out: training SASRec (epochs, early stopping)", len(sasrec_log), opts.sasrec_epochs)
 
+    made: list[Scorer] = []
+
     def make(hist: Histories) -> list[Scorer]:
         def core_model(name: str, changes: dict[str, Any], use_ranker: bool = True) -> CoreModel:
             c = with_config(core, **changes) if changes else core
@@ -181,6 +183,7 @@ def _loo(
         if opts.ablations:
             scorers += [core_model(f"default: {n}", ch) for n, ch in LOO_VARIANTS.items()]
             scorers += [core_model(f"interest_vector: {n}", ch, False) for n, ch in INTEREST_VARIANTS.items()]
+        made.extend(scorers)
         return scorers
 
     total = len(split.train)
@@ -194,6 +197,9 @@ def _loo(
     curve = [m for m in CURVE_MODELS if opts.sequence or not m.startswith(("sequence", "mix"))]
     result = run_loo(log, make, opts.batch_size, progress, split, curve_models=curve)
     fit_info["log"] = sasrec_log
+    for s in made:
+        if s.name == "sequence" and isinstance(s, OnlineSequence) and s.learn_seconds:
+            fit_info["sequence_learned_events_per_s"] = round(s.model.learned_events / s.learn_seconds, 1)
     return result, fit_info
 
 
@@ -311,6 +317,7 @@ def evaluate(
         numbers["loo_learning_curve"] = _learning_curve(loo)
         seconds["sasrec_train"] = fit_info.pop("train_seconds", None)
         seconds["sasrec_log"] = fit_info.pop("log", [])
+        seconds["sequence_learned_events_per_s"] = fit_info.pop("sequence_learned_events_per_s", None)
         numbers["sasrec_training"] = fit_info
         numbers["loo_split"] = {
             "train": len(split.train),

@@ -7,6 +7,7 @@ baseline sees exactly the events our model saw.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any, Protocol
@@ -229,9 +230,12 @@ class OnlineSequence:
         self.sync_every = sync_every
         self.served = self.model.served_copy() if sync_every else self.model
         self._since_sync = 0
+        self.learn_seconds = 0.0  # training cost (wall time in ``learn``), for the report
 
     def learn(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
         self.model.learn(batch)
+        self.learn_seconds += time.perf_counter() - t0
         self._since_sync += len(batch)
         if self.sync_every and self._since_sync >= self.sync_every:
             self.served, self._since_sync = self.model.served_copy(), 0

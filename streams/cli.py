@@ -255,11 +255,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for model, entry in numbers.get(protocol, {}).items():
             if ":" not in model:
                 print(f"  {protocol:11s} {model:16s} {key} {entry[key][0]:.4f}")
+    learn_rate = numbers["timings"].get("sequence_learned_events_per_s")
+    if learn_rate:  # a time, so not in the report (which is the same for the same numbers)
+        print(f"  the online sequential model learned {learn_rate:,.0f} events/s (wall time in learn())")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Local broker + worker + MovieLens replay + live view: the whole product on one machine."""
+    """Local broker + worker + trainer + MovieLens replay + live view: the whole product on one machine."""
     from models import sources
     from streams.view import live_view
 
@@ -277,8 +280,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log_path = state_dir.parent / "demo-worker.log"
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, "-m", "streams.cli"]
+    trainer_env = dict(env, INTEREST_STATE_DIR=str(state_dir.parent / "demo-trainer"))
+    (state_dir.parent / "demo-trainer" / "trainer-checkpoint.pt").unlink(missing_ok=True)  # a fresh broker
     with open(log_path, "wb") as log:
         worker = subprocess.Popen([*exe, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        trainer = subprocess.Popen([*exe, "train", "--state-dir", trainer_env["INTEREST_STATE_DIR"]],
+                                   env=trainer_env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         produce = [*exe, "produce", "--movielens", "--quiet"]
         if args.limit:
             produce += ["--limit", str(args.limit)]
@@ -294,11 +301,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             pass
         finally:
             producer.terminate()
+            trainer.send_signal(signal.SIGTERM)
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(60)
             except subprocess.TimeoutExpired:
                 worker.kill()
+            try:
+                trainer.wait(60)
+            except subprocess.TimeoutExpired:
+                trainer.kill()
             if not args.keep_broker:
                 broker.stop()
     return 0
