@@ -174,3 +174,22 @@ def bootstrap_classification(
         low, high = np.nanpercentile(boots[k], [2.5, 97.5])
         out[k] = Interval(point[k], float(low), float(high))
     return out
+
+
+def reliability(pred: CategoryPredictions, bins: int = 10) -> dict[str, object]:
+    """Calibration of the top-1 prediction: events binned by its probability; per bin the mean
+    probability, the share where it was right (one of the item's categories) and the count. ``ece`` is
+    the count-weighted mean gap between the two (expected calibration error)."""
+    if len(pred.proba) == 0:
+        return {"bins": [], "ece": float("nan")}
+    top = np.argmax(pred.proba, axis=1)
+    conf = pred.proba[np.arange(len(top)), top]
+    hit = pred.truth[np.arange(len(top)), top] > 0
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            rows.append([round(float(conf[m].mean()), 6), round(float(hit[m].mean()), 6), int(m.sum())])
+            ece += m.sum() / len(conf) * abs(conf[m].mean() - hit[m].mean())
+    return {"bins": rows, "ece": round(float(ece), 6)}

@@ -66,6 +66,13 @@ def _goals(n: dict[str, Any]) -> list[str]:
             if b in preq:
                 mark = "yes" if _beats(d, preq[b]["acc@1"]) else "**no**"
                 lines.append(f"- acc@1 default vs {b}: {_ci(d)} vs {_ci(preq[b]['acc@1'])}: {mark}")
+        late = preq["default"].get("second_half_acc@1")
+        if late and "most_frequent" in preq:
+            theirs = preq["most_frequent"]["second_half_acc@1"]
+            mark = "yes" if _beats(late, theirs) else "**no**"
+            lines.append(
+                f"- second-half acc@1 default vs most_frequent: {_ci(late)} vs {_ci(theirs)}: {mark}"
+            )
     return lines
 
 
@@ -115,6 +122,21 @@ def _plots(n: dict[str, Any], out: Path) -> list[str]:
         ax.legend()
         fig.tight_layout()
         files.append(f"eval-{name}-learning.png")
+        fig.savefig(out / files[-1], dpi=110, metadata=PNG_META)
+        plt.close(fig)
+    calibrated = {m: e["calibration"] for m, e in (n.get("prequential") or {}).items() if "calibration" in e}
+    if calibrated:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot([0, 1], [0, 1], color="lightgray", lw=1)
+        for m, cal in calibrated.items():
+            if cal["bins"]:
+                ax.plot([b[0] for b in cal["bins"]], [b[1] for b in cal["bins"]], marker="o",
+                        label=f"{m} (ECE {cal['ece']:.3f})", lw=2 if m == "default" else 1)  # fmt: skip
+        ax.set_xlabel("top-1 probability (bin mean)")
+        ax.set_ylabel("share of events where the top category was right")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        files.append(f"eval-{name}-calibration.png")
         fig.savefig(out / files[-1], dpi=110, metadata=PNG_META)
         plt.close(fig)
     if "prequential_over_time" in n:
@@ -243,6 +265,22 @@ def render_markdown(n: dict[str, Any], plots: list[str]) -> str:
         for m, e in n["prequential"].items():
             if ":" not in m:
                 L.append(f"| {m} | {_ci(e['warm_acc@1'])} | {_ci(e['cold_acc@1'])} |")
+        L.append("")
+        L.append("### The second half of the replay, and calibration")
+        L.append("")
+        L.append(
+            "acc@1 and log-loss over the later half of the events only (a lead won early, while the "
+            "baselines have little to count, must hold once users have history); ECE: expected calibration "
+            "error of the top-1 probability (10 bins; the reliability plot shows the bins)."
+        )
+        L.append("")
+        L.append("| model | second-half acc@1 | second-half log-loss | ECE |")
+        L.append("| --- | --- | --- | --- |")
+        for m, e in n["prequential"].items():
+            if ":" not in m and "second_half_acc@1" in e:
+                ece = _num(e["calibration"]["ece"]) if "calibration" in e else "-"
+                half = f"{_ci(e['second_half_acc@1'])} | {_ci(e['second_half_log_loss'])}"
+                L.append(f"| {m} | {half} | {ece} |")
         L.append("")
         ablations = [m for m in n["prequential"] if ":" in m]
         if ablations:

@@ -27,6 +27,7 @@ from evaluation.metrics import (
     CategoryPredictions,
     bootstrap_classification,
     bootstrap_means,
+    reliability,
 )
 from evaluation.protocols import (
     LooResult,
@@ -265,6 +266,14 @@ def _prequential_numbers(result: PrequentialResult, opts: EvalOptions, status: S
             entry[f"{label}_acc@1"] = sub["acc@1"].as_list()
             entry[f"{label}_hit@5"] = sub["hit@5"].as_list()
         entry["n_cold"] = int(result.cold.sum())
+        # The second half of the replay alone: a lead won early (while the baselines have little to
+        # count) must also hold once everyone has history.
+        late = np.arange(len(pred.proba)) >= len(pred.proba) // 2
+        sub = bootstrap_classification(_subset(pred, late), result.n_users, n_boot, opts.seed)
+        entry["second_half_acc@1"] = sub["acc@1"].as_list()
+        entry["second_half_log_loss"] = sub["log_loss"].as_list()
+        if full:
+            entry["calibration"] = reliability(pred)
         out[name] = entry
     return out
 

@@ -143,7 +143,7 @@ def test_evaluate_command_on_user_files(tmp_path):
     assert "| default |" in report and "## Goals" in report
     assert {p.name for p in (tmp_path / "a").glob("*.png")} == {
         "eval-events-loo.png", "eval-events-cold-warm.png", "eval-events-learning.png",
-        "eval-events-prequential.png"}  # fmt: skip
+        "eval-events-calibration.png", "eval-events-prequential.png"}  # fmt: skip
     curve = json.loads((tmp_path / "a" / "eval-events.json").read_text())["loo_learning_curve"]
     assert set(curve) == {"_ends", "default", "popularity", "item_knn", "sequence", "mix 0.5"}
     (tmp_path / "a").rename(tmp_path / "first")
