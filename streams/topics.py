@@ -24,7 +24,11 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     specs[settings.dlq_topic] = (settings.partitions, {})
     specs[settings.items_topic] = (1, {"cleanup.policy": "compact"})
     # Snapshots of the sequential model: chunks of ~0.9 MB, newest per key kept (streams/model_sync.py).
-    specs[settings.model_topic] = (1, {"cleanup.policy": "compact", "max.message.bytes": str(2 * 1024**2)})
+    # Compaction never touches the active segment, and the default one rolls only after a week or 1 GB:
+    # 17 MB every 30 s would pile up for a worker to read at start. 64 MB segments keep it to a few.
+    model_topic = {"cleanup.policy": "compact", "max.message.bytes": str(2 * 1024**2),
+                   "segment.bytes": str(64 * 1024**2)}  # fmt: skip
+    specs[settings.model_topic] = (1, model_topic)
     return specs
 
 
