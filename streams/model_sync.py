@@ -4,19 +4,20 @@ Users are partitioned across workers; the sequential model (``models/sequence.py
 transformer's weights do not average well when each copy has seen only some users. So training is
 separated from serving (the Monolith pattern):
 
-- **Trainer** (``interest-stream train``, one process): its own consumer group, ``<app_id>-trainer``,
-  over *all* partitions of the click/cart/order topics. It learns every micro-batch as it arrives (in
-  event-time order, one pass, test-then-train), and every ``model_sync_s`` seconds it (1) writes its
-  local checkpoint (weights, optimiser, users' windows), (2) publishes the weights to the compacted
-  ``interest-model`` topic, (3) commits its input offsets. A restarted trainer resumes from its
-  checkpoint at the committed offsets, so no event is learned twice or skipped.
+- **Trainer** (``interest-stream train``, one process): assigned *all* partitions of the click/cart/order
+  topics (its progress is committed under the group ``<app_id>-trainer``, for lag monitoring). It
+  learns every micro-batch as it arrives (in event-time order, one pass, test-then-train), and every
+  ``model_sync_s`` seconds it (1) writes its local checkpoint (weights, optimiser, users' windows,
+  input positions), (2) publishes the weights to the compacted ``interest-model`` topic, (3) commits
+  its input offsets. A restarted trainer resumes from its checkpoint at the input positions stored in
+  it, so no event is learned twice or skipped.
 - **Workers** follow ``interest-model`` whole (outside their group, like the item catalog) and swap in
   each complete snapshot. A user's window lives in the user's state (``UserState.recent_*``), so the
   worker computes the user's vector with the newest weights it has; nothing per-user crosses workers.
 
 How stale a worker's copy is: at most ``model_sync_s`` plus the trainer's lag behind the input plus the
 time to publish and read a snapshot (17 MB: well under a second on one machine). ``evaluate`` measures
-what a sync interval costs in Recall@10 (the ``sequence (synced every N events)`` rows).
+what a sync interval costs in Recall@10 (the ``sequence: synced every N events`` rows).
 
 A snapshot is larger than a Kafka record may be (1 MB by default), so it goes out in chunks: keys
 ``chunk/<k>`` (a 16-byte header: snapshot id, number of chunks, chunk index), then the key ``manifest``
