@@ -120,7 +120,8 @@ PREQUENTIAL_VARIANTS: dict[str, dict[str, Any]] = {
     "tau 1 h": {"tau_s": HOUR_S},
     "tau 1 d": {"tau_s": DAY_S},
     "tau 30 d": {"tau_s": 30 * DAY_S},
-    "learning_rate 0.01": {"learning_rate": 0.01},
+    "no category profile": {"category_hash_dim": 0},
+    "learning_rate 0.05": {"learning_rate": 0.05},
     "learning_rate 0.2": {"learning_rate": 0.2},
 }
 

@@ -94,7 +94,9 @@ class InterestCore:
             log.warning("head replica has %d features, this model %d: starting a new head",
                         head.n_features, self.n_features)  # fmt: skip
             return self.new_head()
+        # The settings of this run govern a stored replica (its weights and classes are what it keeps).
         head.max_classes = self.config.max_classes
+        head.learning_rate, head.l2 = self.config.learning_rate, self.config.l2
         return head
 
     def new_state(self) -> UserState:
@@ -171,7 +173,8 @@ class InterestCore:
             result.predictions.append(head.test_then_train(x, item.categories))
             if ranker is not None:
                 ranker.learn(state.recent_items, event.item_id, emb)
-            state.add(event.event_id, event.ts, event.type, emb, cfg, event.item_id, event.offset)
+            state.add(event.event_id, event.ts, event.type, emb, cfg, event.item_id, event.offset,
+                      item.categories)  # fmt: skip
             result.states[user] = state
             moved[user] = event
             result.applied.append((event, item))

@@ -1,6 +1,7 @@
 """Fusion: one feature vector from interest, behaviour and environment.
 
-Layout (``dim = d + 9 + H``; d = encoder dimension, H = ``context_hash_dim``)::
+Layout (``dim = d + 9 + H + C``; d = encoder dimension, H = ``context_hash_dim``, C =
+``category_hash_dim``)::
 
     [0, d)          interest   the user's unit interest vector before this event (zeros: no history)
     d + 0..2        behaviour  log1p(decayed count) per event type: click, cart, order
@@ -9,9 +10,14 @@ Layout (``dim = d + 9 + H``; d = encoder dimension, H = ``context_hash_dim``)::
     d + 5, d + 6    environment  sin, cos of the UTC hour of day (24 h cycle)
     d + 7, d + 8    environment  sin, cos of the UTC weekday (7 day cycle)
     [d + 9, +H)     environment  signed feature hashing of each "key=value" of the event context
+    [d + 9 + H, +C) behaviour  the user's category profile: log1p(share / 0.01) per hashed category
 
 Cyclic encodings put 23:00 next to 00:00; hashing keeps the dimension fixed however many devices,
-regions or free context keys producers send.
+regions or free context keys producers send. The category profile lets the head learn "what this user
+usually picks" (the strongest single predictor of the next category) and correct it with the text and
+time features, instead of reading genre taste out of a text vector. Log shares because the head is a
+softmax: logits linear in log p reproduce the profile itself, so "most frequent category" is a
+point the head can reach, and learn away from.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from models.interest import UserState
 
 N_BEHAVIOUR = 5
 N_TIME = 4
+PROFILE_FLOOR = 0.01  # a share this small counts as "not this user's category"
 
 
 def feature_dim(embedding_dim: int, cfg: InterestConfig) -> int:
-    return embedding_dim + N_BEHAVIOUR + N_TIME + cfg.context_hash_dim
+    return embedding_dim + N_BEHAVIOUR + N_TIME + cfg.context_hash_dim + cfg.category_hash_dim
 
 
 def _bucket(token: str, buckets: int) -> tuple[int, float]:
@@ -49,6 +56,8 @@ def fuse(state: UserState, ts: float, context: dict[str, str], cfg: InterestConf
         x[b + 3] = math.log1p(max(ts - state.t_ref, 0.0) / 3600.0) / 10.0
     x[b + 4] = math.log1p(state.events_applied) / 10.0
     t = b + N_BEHAVIOUR
+    if cfg.category_hash_dim:
+        x[-cfg.category_hash_dim :] = np.log1p(state.category_shares(cfg) / PROFILE_FLOOR)
     if not cfg.environment_features:
         return x
     hour = (ts % 86_400.0) / 3600.0

@@ -21,17 +21,24 @@ vector, so a state from another model is recognised instead of being mixed into 
 The state also keeps, per recent item, its event type and time: the window of the sequential model
 (``models/sequence.py``), so the state keeps ``items_kept = max(history_len, sequence_len)`` items.
 
+And the user's category profile: the same decayed sum with e_i = the item's categories (1/n each),
+hashed into ``category_hash_dim`` buckets, with its own, longer time constant ``category_tau_s``
+(a taste for a genre outlives a week's interest). The head reads it as behaviour features.
+
 Stored size per user (``to_bytes``): 32-byte header + 8 (model tag) + 4*dim (vector) + 12 (counts) +
-24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id; all-MiniLM (384-d), the
-default window of 256 and 50 recent MovieLens items (ids of up to 6 digits): 3,662 + at most 850 bytes.
+24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id + 2 + 4*category buckets;
+all-MiniLM (384-d), the default window of 256, 50 recent MovieLens items (ids of up to 6 digits) and 32
+category buckets: 3,662 + at most 850 + 130 bytes.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,13 +46,20 @@ import numpy as np
 from models.config import EVENT_TYPES, InterestConfig
 
 _HEADER = struct.Struct("<BxHIIIdQ")  # format, dim, window, n_ids, events_applied, t_ref, version
-_FORMAT = 4  # 1: no recent items; 2: no model tag, no offsets; 3: recent items without type and time
+_FORMAT = 5  # 1: no recent items; 2: no model tag, no offsets; 3: recent items without type and time;
+# 4: no category profile
 NO_OFFSET = -1
 
 
 def id_hash(event_id: str) -> int:
     """64-bit hash of an event id: the dedup window stores these, not the (longer) ids."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+@functools.lru_cache(maxsize=65_536)
+def category_bucket(category: str, buckets: int) -> int:
+    """Bucket of a category in the user's category profile (stable across processes and runs)."""
+    return int.from_bytes(hashlib.blake2b(category.encode(), digest_size=8).digest(), "little") % buckets
 
 
 def model_tag(model_name: str) -> int:
@@ -70,6 +84,8 @@ class UserState:
     """Per event type: the highest input offset applied (``NO_OFFSET``: none, or not from Kafka)."""
     model: int = 0
     """``model_tag`` of the encoder whose vectors are summed in ``vec`` (0: unknown, a format-2 state)."""
+    categories: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    """float32 (category buckets,): the decayed category profile at ``t_ref`` (empty: none yet)."""
 
     @classmethod
     def empty(cls, dim: int, window: int, model: int = 0) -> UserState:
@@ -110,6 +126,7 @@ class UserState:
         cfg: InterestConfig,
         item_id: str | None = None,
         offset: int | None = None,
+        categories: Sequence[str] = (),
     ) -> bool:
         """Apply one event; return False (and change nothing) if its id is in the recent window."""
         h = id_hash(event_id)
@@ -118,17 +135,26 @@ class UserState:
         self.window = cfg.dedup_window  # the configured window, also for states stored with another
         self.mark_offset(event_type, offset)
         weight = cfg.weight(event_type)
+        if len(self.categories) != cfg.category_hash_dim:  # none yet, or stored with another size
+            self.categories = np.zeros(cfg.category_hash_dim, np.float32)
         if ts >= self.t_ref:
             # Move the reference time forward: decay what we had to the new event's time.
-            shrink = np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s)) if self.events_applied else 0
+            first = not self.events_applied
+            shrink = 0 if first else np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s))
             self.vec *= shrink
             self.counts *= shrink
+            self.categories *= 0 if first else np.float32(math.exp(-(ts - self.t_ref) / cfg.category_tau_s))
             self.t_ref = ts
-            factor = weight
+            factor, category_factor = weight, 1.0
         else:
             factor = weight * math.exp(-(self.t_ref - ts) / cfg.tau_s)
+            category_factor = math.exp(-(self.t_ref - ts) / cfg.category_tau_s)
         self.vec += np.float32(factor) * emb
         self.counts[EVENT_TYPES.index(event_type)] += np.float32(factor / weight)
+        if categories and cfg.category_hash_dim:
+            share = np.float32(category_factor / len(categories))
+            for category in categories:
+                self.categories[category_bucket(category, cfg.category_hash_dim)] += share
         self.recent_ids.append(h)
         del self.recent_ids[: -self.window]
         if item_id is not None:
@@ -155,6 +181,14 @@ class UserState:
             return self.counts
         return self.counts * np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s))
 
+    def category_shares(self, cfg: InterestConfig) -> np.ndarray:
+        """The category profile as shares summing to 1 (zeros before any category), in ``cfg``'s size.
+        Shares need no time: decay to any later time scales every bucket alike."""
+        if len(self.categories) != cfg.category_hash_dim:
+            return np.zeros(cfg.category_hash_dim, np.float32)
+        total = float(self.categories.sum())
+        return self.categories / np.float32(total) if total > 0 else self.categories.copy()
+
     def to_bytes(self) -> bytes:
         ids = np.asarray(self.recent_ids, dtype=np.uint64)
         t_ref = self.t_ref if self.events_applied else -1.0
@@ -166,12 +200,14 @@ class UserState:
                          self.offsets.astype(np.int64).tobytes(), ids.tobytes(),
                          struct.pack("<H", len(self.recent_items)), items,
                          np.asarray(self.recent_types, np.uint8).tobytes(),
-                         np.asarray(self.recent_ts, np.float64).tobytes()])  # fmt: skip
+                         np.asarray(self.recent_ts, np.float64).tobytes(),
+                         struct.pack("<H", len(self.categories)),
+                         self.categories.astype(np.float32).tobytes()])  # fmt: skip
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         fmt, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
-        if fmt not in (1, 2, 3, _FORMAT):
+        if fmt not in (1, 2, 3, 4, _FORMAT):
             raise ValueError(f"unknown user-state format {fmt}")
         off = _HEADER.size
         model = 0
@@ -202,9 +238,13 @@ class UserState:
         if fmt >= 4:
             state.recent_types = np.frombuffer(raw, np.uint8, len(items), off).tolist()
             state.recent_ts = np.frombuffer(raw, np.float64, len(items), off + len(items)).tolist()
+            off += 9 * len(items)
         else:  # not recorded then: the sequence model reads them as clicks at the state's time
             state.recent_types = [0] * len(items)
             state.recent_ts = [state.t_ref if applied else 0.0] * len(items)
+        if fmt >= 5:  # before: no category profile; it starts with the next event
+            (n_buckets,) = struct.unpack_from("<H", raw, off)
+            state.categories = np.frombuffer(raw, np.float32, n_buckets, off + 2).copy()
         state.offsets = offsets
         state.model = model
         return state

@@ -95,3 +95,16 @@ def test_a_state_from_another_encoder_restarts_in_this_ones_space(core):
     assert result.rebased == 1 and state.dim == core.dim and state.model == core.model_tag
     assert state.version == 5 and state.events_applied == 2
     np.testing.assert_allclose(np.linalg.norm(state.embedding()), 1.0, rtol=1e-5)
+
+
+def test_a_stored_head_trains_on_with_this_runs_settings_and_one_for_other_features_restarts(core):
+    _, head = run(core, batch(6), {})
+    slow = InterestCore(InterestConfig(learning_rate=0.001, l2=0.0, max_classes=7), core.encoder)
+    loaded = slow.load_head(head.to_bytes())
+    assert (loaded.learning_rate, loaded.l2, loaded.max_classes) == (0.001, 0.0, 7)
+    np.testing.assert_array_equal(loaded.W, head.W)  # the weights and classes are the replica's own
+    assert loaded.classes == head.classes
+    # The category profile changes the feature count: a replica built without it is not reused.
+    without = InterestCore(InterestConfig(category_hash_dim=0), core.encoder)
+    fresh = core.load_head(without.new_head().to_bytes())
+    assert fresh.n_features == core.n_features and fresh.classes == []

@@ -57,7 +57,7 @@ events = st.lists(
 def run(evts) -> UserState:
     s = UserState.empty(DIM, 64)
     for i, ts, typ in evts:
-        s.add(f"e{i}", ts, typ, unit(i), CFG)
+        s.add(f"e{i}", ts, typ, unit(i), CFG, categories=(f"c{i % 5}", f"c{i % 3}"))
     return s
 
 
@@ -68,6 +68,7 @@ def test_state_is_a_function_of_the_event_set(evts, data):
     a, b = run(evts), run(shuffled)
     np.testing.assert_allclose(a.embedding(), b.embedding(), atol=1e-5)
     np.testing.assert_allclose(a.counts, b.counts, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a.category_shares(CFG), b.category_shares(CFG), rtol=1e-4, atol=1e-6)
     assert a.t_ref == b.t_ref and a.events_applied == b.events_applied
 
 
@@ -78,6 +79,7 @@ def test_applying_an_event_twice_changes_nothing(evts, data):
     once = run(evts)
     twice = run(evts + repeats)
     np.testing.assert_array_equal(once.vec, twice.vec)
+    np.testing.assert_array_equal(once.categories, twice.categories)
     assert twice.events_applied == len(evts)
 
 
@@ -99,16 +101,23 @@ def test_offsets_and_model_tag_round_trip_and_older_formats_load():
     s = UserState.empty(DIM, 16, model=12345)
     s.add("a", 1e9, "cart", unit(1), CFG, "i1", offset=41)
     s.add("b", 1e9 + 1, "cart", unit(2), CFG, "i2", offset=7)  # a lower offset never moves it back
-    s.add("c", 1e9 + 2, "order", unit(3), CFG, "i3", offset=3)
+    s.add("c", 1e9 + 2, "order", unit(3), CFG, "i3", offset=3, categories=("Drama",))
     back = UserState.from_bytes(s.to_bytes())
+    np.testing.assert_array_equal(back.categories, s.categories)
+    assert back.categories.sum() == 1 and len(back.categories) == CFG.category_hash_dim
     assert back.model == 12345
     assert [back.applied_offset(t) for t in ("click", "cart", "order")] == [-1, 41, 3]
     assert (back.recent_items, back.recent_types, back.recent_ts) == (
         ["i1", "i2", "i3"], [1, 1, 2], [1e9, 1e9 + 1, 1e9 + 2])  # fmt: skip
-    # Format 3 (items up to the end, no types or times) and format 2 (no tag, no offsets either) load.
+    # Format 4 (no category profile), 3 (items up to the end, no types or times) and 2 (no tag, no
+    # offsets either) load.
     raw = s.to_bytes()
+    profile = 2 + 4 * CFG.category_hash_dim
+    four = UserState.from_bytes(bytes([4]) + raw[1:-profile])
+    assert four.recent_ts == back.recent_ts and len(four.categories) == 0
+    assert not four.category_shares(CFG).any()
     ids_end = 40 + 4 * DIM + 12 + 24 + 8 * 3
-    items = raw[ids_end + 2 : len(raw) - 3 * 9]  # without the item count, the types and the times
+    items = raw[ids_end + 2 : len(raw) - profile - 3 * 9]  # without the item count, types and times
     v3 = bytes([3]) + raw[1:ids_end] + items
     v2 = bytes([2]) + raw[1:32] + raw[40 : 40 + 4 * DIM + 12] + raw[40 + 4 * DIM + 12 + 24 : ids_end] + items
     three = UserState.from_bytes(v3)
@@ -128,17 +137,20 @@ def test_state_round_trips_through_bytes_within_the_budget():
     assert (back.t_ref, back.version, back.events_applied, back.recent_ids) == (
         s.t_ref, 7, 200, s.recent_ids,
     )  # fmt: skip
-    assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200 + 2  # CFG's window (256) holds all 200 ids
-    # all-MiniLM (384-d) with the default window: the budget the README states.
+    np.testing.assert_array_equal(back.categories, s.categories)
+    profile = 2 + 4 * CFG.category_hash_dim
+    # CFG's window (256) holds all 200 ids
+    assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200 + 2 + profile
+    # all-MiniLM (384-d) with the default window and 32 category buckets: the budget the README states.
     full = UserState.empty(384, CFG.dedup_window)
     for i in range(300):
-        full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG)
-    assert len(full.to_bytes()) == 3662
+        full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG, categories=(f"g{i % 20}",))
+    assert len(full.to_bytes()) == 3662 + 130
     # ... plus the sequence window: 50 recent items (MovieLens ids of up to 6 digits) cost at most 850 B.
     for i in range(300):
         full.add(f"f{i}", 2e9 + i, "cart", np.ones(384, np.float32), CFG, item_id=str(100_000 + i))
     assert len(full.recent_items) == CFG.sequence_len == 50
-    assert len(full.to_bytes()) == 3662 + 50 * (2 + 6 + 1 + 8)
+    assert len(full.to_bytes()) == 3662 + 130 + 50 * (2 + 6 + 1 + 8)
 
 
 def test_recent_items_are_kept_in_event_time_order_whatever_the_arrival_order():
