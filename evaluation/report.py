@@ -237,7 +237,9 @@ def render_markdown(n: dict[str, Any], plots: list[str]) -> str:
             L.append(
                 f"SASRec training: {t.get('epochs')} epochs, best epoch {t.get('best_epoch')} "
                 f"(validation Recall@10 {_num(t.get('best_val_recall10'))}), "
-                f"stopped by {t.get('stopped_by')}; settings {t.get('config')}."
+                f"stopped by {t.get('stopped_by')}; then retrained on training + validation events for "
+                f"{t.get('refit_epochs')} epochs (the best 5-epoch mean of the validation curve); "
+                f"settings {t.get('config')}."
             )
             L.append("")
     if "prequential" in n:

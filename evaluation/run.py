@@ -326,6 +326,7 @@ def evaluate(
         numbers["loo"] = _loo_numbers(loo, opts)
         numbers["loo_learning_curve"] = _learning_curve(loo)
         seconds["sasrec_train"] = fit_info.pop("train_seconds", None)
+        seconds["sasrec_refit"] = fit_info.pop("refit_seconds", None)
         seconds["sasrec_log"] = fit_info.pop("log", [])
         seconds["sequence_learned_events_per_s"] = fit_info.pop("sequence_learned_events_per_s", None)
         numbers["sasrec_training"] = fit_info

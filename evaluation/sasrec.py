@@ -16,7 +16,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ class SASRecConfig:
     max_epochs: int = 200
     patience: int = 5  # epochs without validation improvement before stopping
     time_budget_s: float = 600  # stop training after this wall time (report that it was capped)
+    smooth_epochs: int = 5  # the epoch count for a refit: the best centred mean of this many epochs' scores
     seed: int = 0
 
 
@@ -63,6 +64,9 @@ class SASRecFit:
     best_val_recall10: float
     train_seconds: float
     stopped_by: str  # "patience" | "time_budget" | "max_epochs"
+    refit_epochs: int = 0  # > 0: the returned model was retrained from scratch on training + validation
+    refit_seconds: float = 0.0
+    val_curve: list[float] = field(default_factory=list)  # validation Recall@10 after each epoch
 
 
 class _Net(nn.Module):
@@ -230,6 +234,7 @@ def fit_sasrec(
     val_targets: Sequence[int],
     config: SASRecConfig = SASRecConfig(),  # noqa: B008 - frozen dataclass, safe as a default
     progress: Callable[[str], None] | None = None,
+    refit_seqs: Sequence[Sequence[int]] | None = None,
 ) -> tuple[SASRec, SASRecFit]:
     """Train SASRec on ``train_seqs`` (chronological item ids per user); return the best-on-validation model.
 
@@ -237,6 +242,14 @@ def fit_sasrec(
     After each epoch, validation Recall@10 (full ranking, history items masked) picks the weights to keep and
     drives early stopping. Deterministic for a given input and ``config.seed``: global RNG state, the
     deterministic-algorithms flag and the thread count are set only for the duration of the call and restored.
+
+    ``refit_seqs`` (the training sequences with each user's validation event appended): then a fresh model
+    is trained on them for the epoch count validation chose, and returned instead. Why: in leave-one-out
+    the validation event is the user's most recent one before the test; a model that never trained on it
+    sees, at test time, a history ending in an item at a position it never learned from. Every online
+    model learns the validation events before the test; this gives the offline model the same information.
+    The count is the best *smoothed* validation score (``smooth_epochs``), because the single best epoch of
+    a noisy curve is a biased pick; validation scores the refit model cannot have (it saw those events).
     """
     if len(val_histories) != len(val_targets):
         raise ValueError("val_histories and val_targets differ in length")
@@ -253,10 +266,29 @@ def fit_sasrec(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            return _train(seqs, n_items, val_histories, val_targets, config, progress)
+            model, fit = _train(seqs, n_items, val_histories, val_targets, config, progress)
+        if refit_seqs is None:
+            return model, fit
+        epochs = _smoothed_best_epoch(fit.val_curve, config.smooth_epochs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            t0 = time.perf_counter()
+            again = [np.asarray(s, dtype=np.int64) for s in refit_seqs]
+            fixed = replace(config, max_epochs=epochs, time_budget_s=math.inf, patience=epochs + 1)
+            model, _ = _train(again, n_items, [], [], fixed, progress, prefix="refit ")
+        fit.refit_epochs, fit.refit_seconds = epochs, time.perf_counter() - t0
+        return model, fit
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_det_warn)
         torch.set_num_threads(prev_threads)
+
+
+def _smoothed_best_epoch(curve: Sequence[float], window: int) -> int:
+    """1-based epoch with the best mean validation score over a centred window of ``window`` epochs
+    (shrunk at the ends of the curve); the earliest on ties."""
+    half = window // 2
+    means = [float(np.mean(curve[max(0, k - half) : k + half + 1])) for k in range(len(curve))]
+    return int(np.argmax(means)) + 1 if means else 1
 
 
 def _train(
@@ -266,7 +298,10 @@ def _train(
     val_targets: Sequence[int],
     cfg: SASRecConfig,
     progress: Callable[[str], None] | None,
+    prefix: str = "",
 ) -> tuple[SASRec, SASRecFit]:
+    """Epochs until patience, the time budget or ``max_epochs``; with no validation targets, exactly
+    ``max_epochs`` and the last epoch's weights."""
     rng = np.random.default_rng(cfg.seed)
     net = _Net(n_items, cfg)
     model = SASRec(net, n_items, cfg.max_len)
@@ -276,6 +311,7 @@ def _train(
     best_state = copy.deepcopy(net.state_dict())
     best_recall, best_epoch, since_best = -1.0, 0, 0
     stopped_by, epoch = "max_epochs", 0
+    curve: list[float] = []
     while epoch < cfg.max_epochs:
         epoch += 1
         t0 = time.perf_counter()
@@ -297,13 +333,15 @@ def _train(
                 out_of_time = True
                 break
         recall = _val_recall10(model, val_histories, val_targets)
+        curve.append(recall)
         secs = time.perf_counter() - t0
         if progress is not None:
             progress(
-                f"epoch {epoch:3d}  loss {loss_sum / max(n_targets, 1):.4f}  val_recall@10 {recall:.4f}  "
-                f"{secs:.1f}s" + ("  (partial: time budget)" if out_of_time else "")
+                f"{prefix}epoch {epoch:3d}  loss {loss_sum / max(n_targets, 1):.4f}  "
+                f"val_recall@10 {recall:.4f}  {secs:.1f}s"
+                + ("  (partial: time budget)" if out_of_time else "")
             )
-        if recall > best_recall:
+        if recall > best_recall or not len(val_targets):
             best_recall, best_epoch, since_best = recall, epoch, 0
             best_state = copy.deepcopy(net.state_dict())
         else:
@@ -325,5 +363,6 @@ def _train(
         best_val_recall10=max(best_recall, 0.0),
         train_seconds=time.perf_counter() - start,
         stopped_by=stopped_by,
+        val_curve=curve,
     )
     return model, fit

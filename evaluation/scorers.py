@@ -169,8 +169,9 @@ def with_config(core: InterestCore, **changes: object) -> InterestCore:
 class SASRecScorer:
     """Offline SASRec (``evaluation.sasrec``), trained once on the training split: the strong reference.
 
-    Validation picks the epoch (early stopping on validation Recall@10); the test history includes the
-    validation item, as for every other model."""
+    Validation picks the epoch count (early stopping on validation Recall@10, smoothed), then it is
+    retrained from scratch on training + validation events for that many epochs; the test history
+    includes the validation item, as for every other model."""
 
     name = "sasrec"
 
@@ -197,13 +198,19 @@ class SASRecScorer:
             time_budget_s=self.budget_s, max_epochs=self.max_epochs, patience=10, seed=self.seed
         )
         val_users = [e.user_id for e, _ in val]
+        val_items = [hist.item_index[e.item_id] for e, _ in val]
+        # Then retrained on training + validation events (as many epochs as validation chose): the
+        # online models have learned the validation events before the test, so it gets them too.
+        appended = dict(zip(val_users, val_items, strict=True))
+        refit = [hist.of[u] + ([appended[u]] if u in appended else []) for u in users]
         self.model, fit = fit_sasrec(
             [hist.of[u] for u in users],
             hist.n_items,
             [hist.of.get(u, []) for u in val_users],
-            [hist.item_index[e.item_id] for e, _ in val],
+            val_items,
             config,
             progress=self.log,
+            refit_seqs=refit,
         )
         self.info.update(asdict(fit), config=asdict(config))
 

@@ -12,6 +12,7 @@ from evaluation.sasrec import (
     SASRec,
     SASRecConfig,
     SASRecFit,
+    _smoothed_best_epoch,
     _windows,
     fit_sasrec,
     mask_seen,
@@ -144,3 +145,27 @@ def test_time_budget_stops_training(cycle_data) -> None:
     model, fit = fit_sasrec(train, N_ITEMS, train, val, capped)
     assert fit.stopped_by == "time_budget" and fit.epochs == 1
     assert model.score([[1, 2]]).shape == (1, N_ITEMS)
+
+
+def test_refit_epochs_follow_the_smoothed_validation_curve_not_its_spike() -> None:
+    curve = [0.1, 0.5, 0.1, 0.3, 0.35, 0.4, 0.38, 0.37]  # epoch 2 is a lucky spike
+    assert _smoothed_best_epoch(curve, 3) == 7
+    assert _smoothed_best_epoch(curve, 1) == 2
+    assert _smoothed_best_epoch([0.2], 5) == 1
+
+
+def test_refit_returns_a_model_trained_from_scratch_on_the_refit_sequences(cycle_data) -> None:
+    train, val, _ = cycle_data
+    # Refit sequences that teach the opposite order: the returned model must follow them, which a model
+    # merely continued from (or chosen among) the first run's epochs would not.
+    backwards = [s[::-1] for s in train]
+    lines: list[str] = []
+    model, fit = fit_sasrec(train, N_ITEMS, train, val, CFG, progress=lines.append, refit_seqs=backwards)
+    assert fit.refit_epochs == _smoothed_best_epoch(fit.val_curve, CFG.smooth_epochs) >= 1
+    assert len(fit.val_curve) == fit.epochs and fit.refit_seconds > 0
+    assert sum(line.startswith("refit epoch") for line in lines) == fit.refit_epochs
+    hist = [s[:-1] for s in backwards]
+    learned = _recall10(model.score(hist), hist, [s[-1] for s in backwards])
+    forward = [s[:-1] for s in train]
+    other = _recall10(model.score(forward), forward, [s[-1] for s in train])
+    assert learned >= 0.8 and other < learned - 0.3, (learned, other)  # the first run's model: >= 0.9
