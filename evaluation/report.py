@@ -44,6 +44,33 @@ def _beats(ours: list[float], theirs: list[float], higher_is_better: bool = True
     return ours[1] > theirs[2] if higher_is_better else ours[2] < theirs[1]
 
 
+def _chosen_scorer(loo: dict[str, Any]) -> list[str]:
+    """The recommendation scorer validation picks among the counting ranker (``default``), the online
+    sequential model and their mixes, judged on test against SASRec and the counting ranker."""
+    candidates = [m for m in loo if m in ("default", "sequence") or m.startswith("mix ")]
+    if len(candidates) < 2:
+        return []
+    chosen = max(candidates, key=lambda m: (loo[m]["val_recall@10"], m == "default"))
+    c = loo[chosen]["recall@10"]
+    lines = [
+        f"- Recommendation scorer chosen on validation Recall@10 among {', '.join(candidates)}: "
+        f"**{chosen}** (validation {loo[chosen]['val_recall@10']:.3f}); test {_ci(c)}"
+    ]
+    if "sasrec" in loo:
+        s = loo["sasrec"]["recall@10"]
+        mark = "yes" if c[0] >= s[0] else "**no**"
+        ratio = c[0] / max(s[0], 1e-12)
+        lines.append(f"- {chosen} / SASRec (ours, offline): {ratio:.0%} (goal: at least 100%): {mark}")
+    if chosen != "default":
+        d = loo["default"]["recall@10"]
+        mark = "yes" if _beats(c, d) else "**no**"
+        lines.append(
+            f"- {chosen} vs the counting ranker (default): {_ci(c)} vs {_ci(d)}, intervals apart: {mark}; "
+            f"paired difference {_ci(loo[chosen].get('recall@10_minus_default', [None] * 3))}"
+        )
+    return lines
+
+
 def _goals(n: dict[str, Any]) -> list[str]:
     lines = []
     loo, preq = n.get("loo"), n.get("prequential")
@@ -57,9 +84,11 @@ def _goals(n: dict[str, Any]) -> list[str]:
             s = loo["sasrec"]["recall@10"]
             lines.append(
                 f"- Recall@10 default / SASRec (ours, offline): {d[0]:.3f} / {s[0]:.3f} = "
-                f"{d[0] / max(s[0], 1e-12):.0%} (goal: at least 90%)"
+                f"{d[0] / max(s[0], 1e-12):.0%} (goal: at least 100%)"
             )
-        lines.append(f"- Recall@10 default / SASRec (RecBole reference 0.125): {d[0] / 0.125:.0%}")
+        if n.get("dataset") == "movielens":  # the reference was measured on the sample only
+            lines.append(f"- Recall@10 default / SASRec (RecBole reference 0.125): {d[0] / 0.125:.0%}")
+        lines += _chosen_scorer(loo)
     if preq and "default" in preq:
         d = preq["default"]["acc@1"]
         for b in PREQ_BASELINES:

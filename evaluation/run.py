@@ -212,11 +212,16 @@ def _loo_numbers(result: LooResult, opts: EvalOptions) -> dict[str, Any]:
         "warm": result.learned > 0,
         f"rare{RARE_BELOW}": result.learned < RARE_BELOW,
     }
+    base = result.test.get("default")
     for name, per_user in result.test.items():
         entry: dict[str, Any] = {"n_users": len(per_user)}
         for m in RANK_METRICS:
             values = np.asarray([u[m] for u in per_user])
             entry[m] = bootstrap_means(values, opts.n_boot, opts.seed).as_list()
+            if base is not None and name != "default" and m == "recall@10":
+                # Paired: the same users resampled for both, so what the users share cancels out.
+                paired = values - np.asarray([u[m] for u in base])
+                entry[f"{m}_minus_default"] = bootstrap_means(paired, opts.n_boot, opts.seed).as_list()
             entry[f"val_{m}"] = round(float(np.mean([u[m] for u in result.val[name]])), 6)
             for label, mask in groups.items():
                 entry[f"{label}_{m}"] = bootstrap_means(values[mask], opts.n_boot, opts.seed).as_list()
