@@ -176,6 +176,27 @@ def bootstrap_classification(
     return out
 
 
+def paired_accuracy_difference(
+    a: CategoryPredictions, b: CategoryPredictions, n_users: int, n_boot: int = 1000, seed: int = 0
+) -> Interval:
+    """acc@1 of ``a`` minus acc@1 of ``b`` on the same events, with a 95% interval from resampling
+    users (both models' events of a resampled user go in together, so what they share cancels out)."""
+
+    def hits(pred: CategoryPredictions) -> np.ndarray:
+        top = np.argmax(pred.proba, axis=1)
+        return (pred.truth[np.arange(len(top)), top] > 0).astype(np.float64)
+
+    diff = hits(a) - hits(b)
+    if len(diff) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    per_user = np.bincount(a.user, weights=diff, minlength=n_users)
+    events = np.bincount(a.user, minlength=n_users).astype(np.float64)
+    w = _resamples(n_users, n_boot, seed)
+    boots = (w @ per_user) / np.maximum(w @ events, 1.0)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return Interval(float(diff.mean()), float(low), float(high))
+
+
 def reliability(pred: CategoryPredictions, bins: int = 10) -> dict[str, object]:
     """Calibration of the top-1 prediction: events binned by its probability; per bin the mean
     probability, the share where it was right (one of the item's categories) and the count. ``ece`` is

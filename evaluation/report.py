@@ -99,8 +99,10 @@ def _goals(n: dict[str, Any]) -> list[str]:
         if late and "most_frequent" in preq:
             theirs = preq["most_frequent"]["second_half_acc@1"]
             mark = "yes" if _beats(late, theirs) else "**no**"
+            paired = preq["default"].get("second_half_acc@1_minus_most_frequent", [None] * 3)
             lines.append(
-                f"- second-half acc@1 default vs most_frequent: {_ci(late)} vs {_ci(theirs)}: {mark}"
+                f"- second-half acc@1 default vs most_frequent: {_ci(late)} vs {_ci(theirs)}, intervals "
+                f"apart: {mark}; paired difference {_ci(paired)}"
             )
     return lines
 

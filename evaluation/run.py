@@ -27,6 +27,7 @@ from evaluation.metrics import (
     CategoryPredictions,
     bootstrap_classification,
     bootstrap_means,
+    paired_accuracy_difference,
     reliability,
 )
 from evaluation.protocols import (
@@ -278,6 +279,12 @@ def _prequential_numbers(result: PrequentialResult, opts: EvalOptions, status: S
         sub = bootstrap_classification(_subset(pred, late), result.n_users, n_boot, opts.seed)
         entry["second_half_acc@1"] = sub["acc@1"].as_list()
         entry["second_half_log_loss"] = sub["log_loss"].as_list()
+        if full and name != "most_frequent":
+            paired = paired_accuracy_difference(
+                _subset(pred, late), _subset(result.models["most_frequent"], late), result.n_users,
+                opts.n_boot, opts.seed,
+            )  # fmt: skip
+            entry["second_half_acc@1_minus_most_frequent"] = paired.as_list()
         if full:
             entry["calibration"] = reliability(pred)
         out[name] = entry

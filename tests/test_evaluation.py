@@ -13,8 +13,10 @@ from evaluation.metrics import (
     CategoryPredictions,
     _Sorted,
     _weighted_auc,
+    bootstrap_classification,
     bootstrap_means,
     classification_metrics,
+    paired_accuracy_difference,
     rank_metrics,
 )
 from evaluation.protocols import loo_split, tied_test_events
@@ -66,6 +68,30 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
     x = np.random.default_rng(2).random(300)
     a, b = bootstrap_means(x, 500, seed=3), bootstrap_means(x, 500, seed=3)
     assert a == b and a.low < a.value < a.high and a.value == pytest.approx(x.mean())
+
+
+def test_paired_accuracy_difference_cancels_what_the_users_share():
+    # 200 users of very different difficulty (share of events either model gets right); model a is
+    # right on one more event in twenty than b, on every user. Paired, the difference is sure; the two
+    # models' own intervals overlap because user difficulty spreads them.
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(200), 20)
+    skill = rng.random(200)[users]
+    coin = rng.random(len(users))
+    a_right, b_right = coin < np.minimum(skill + 0.05, 1.0), coin < skill
+    label = rng.integers(0, 2, len(users))
+    truth = np.eye(2)[label]
+
+    def pred(right: np.ndarray) -> CategoryPredictions:
+        top = np.where(right, label, 1 - label)
+        return CategoryPredictions(["x", "y"], 0.1 + 0.8 * np.eye(2)[top], truth, users)
+
+    a, b = pred(a_right), pred(b_right)
+    diff = paired_accuracy_difference(a, b, 200, 300, seed=1)
+    assert diff.value == pytest.approx(a_right.mean() - b_right.mean())
+    assert 0 < diff.low < diff.value < diff.high
+    ia, ib = (bootstrap_classification(p, 200, 100, seed=1)["acc@1"] for p in (a, b))
+    assert ia.low < ib.high  # unpaired, the intervals overlap
 
 
 def _event(user: str, item: str, ts: float, cats=("c",)) -> tuple[str, dict]:
