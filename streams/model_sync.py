@@ -34,6 +34,7 @@ import json
 import logging
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,15 +99,18 @@ class ServedModel:
     """A worker's copy of the sequential model: the newest snapshot from the topic, and the user vectors
     it gives the users a batch touched."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, max_text_items: int = 100_000) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.model: SequenceModel | None = None
         self.manifest: dict | None = None
         self.assembler = SnapshotAssembler()
         self.loads = 0
         self.caught_up = asyncio.Event()
-        self.text: dict[str, np.ndarray] = {}
-        """Item id -> text embedding (float16) for items of windows; filled from every batch."""
+        self.text: OrderedDict[str, np.ndarray] = OrderedDict()
+        """Item id -> text embedding (float16) of recently seen items, least recently used first: what
+        the windows of the users in a batch mostly hold. Bounded (``max_text_items``, 77 MB at 384-d);
+        an item that fell out is looked up again through the embedding cache when a window needs it."""
+        self.max_text_items = max_text_items
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         self.assembler.apply(key, value)
@@ -145,7 +149,15 @@ class ServedModel:
         return True
 
     def remember(self, item_id: str, text: np.ndarray) -> None:
+        """Keep an item's text for the windows (nothing while no snapshot is loaded: nothing reads it)."""
+        if self.model is None:
+            return
+        if item_id in self.text:
+            self.text.move_to_end(item_id)
+            return
         self.text[item_id] = text.astype(np.float16)
+        while len(self.text) > self.max_text_items:
+            self.text.popitem(last=False)
 
     def missing(self, states: dict[str, UserState]) -> set[str]:
         """Items in these users' windows whose text embedding this worker does not hold."""
@@ -157,7 +169,10 @@ class ServedModel:
 
     def _text(self, item_id: str) -> np.ndarray | None:
         vec = self.text.get(item_id)
-        return None if vec is None else vec.astype(np.float32)
+        if vec is None:
+            return None
+        self.text.move_to_end(item_id)
+        return vec.astype(np.float32)
 
     def user_vectors(self, states: dict[str, UserState], model: SequenceModel) -> dict[str, np.ndarray]:
         """User -> ``model``'s user vector (``score(i) = u . r_i``). An item whose text has another

@@ -19,11 +19,25 @@ from models.events import item_to_json
 from models.sequence import SequenceModel
 from models.sources import movielens_events, movielens_items
 from streams import model_sync
-from streams.model_sync import SnapshotAssembler, snapshot_records
+from streams.model_sync import ServedModel, SnapshotAssembler, snapshot_records
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_workers_item_text_is_bounded_least_recently_used_and_kept_only_while_a_model_is_loaded():
+    served = ServedModel("unused:9092", "interest-model", max_text_items=3)
+    vec = np.ones(8, np.float32)
+    served.remember("a", vec)
+    assert not served.text  # no snapshot yet: nothing would read it
+    served.model = SequenceModel(8)
+    for item in ("a", "b", "c"):
+        served.remember(item, vec)
+    assert served._text("a") is not None  # read: now the most recently used
+    served.remember("d", vec)
+    assert list(served.text) == ["c", "a", "d"]  # "b", least recently used, made room
+    assert served.text["d"].dtype == np.float16
 
 
 def test_a_snapshot_is_taken_only_when_all_its_chunks_and_its_checksum_are_there(monkeypatch):
