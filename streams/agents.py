@@ -27,10 +27,9 @@ import numpy as np
 from faust.types import EventT, StreamT
 
 from models.core import InterestCore, InterestUpdate
-from models.events import Event, InvalidEvent, Item, parse_event, resolve_item
+from models.events import Event, InvalidEvent, Item, resolve_item
 from models.head import PrequentialStats
 from models.interest import UserState
-from models.sharding import partition_for
 from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
 from streams.catalog import Catalog
 from streams.checkpoint import TP, OffsetLedger, Verdict
@@ -38,7 +37,7 @@ from streams.checkpoint import install as install_checkpoint
 from streams.model_sync import ServedModel
 from streams.replicas import HeadExchange
 from streams.settings import build_core
-from streams.topics import ensure_topics
+from streams.topics import decode_event, ensure_topics
 
 log = logging.getLogger("interest_stream")
 
@@ -172,18 +171,7 @@ async def dead_letter(event: EventT, reason: str, message: str) -> asyncio.Futur
 def decode(record: EventT) -> Event:
     """Parse and check one record; ``InvalidEvent`` says why it is rejected."""
     msg = record.message
-    event = parse_event(record.value, settings.event_topics[msg.topic], msg.key, offset=msg.offset,
-                        require_key=settings.strict_partitioning,
-                        latest_ts=time.time() + settings.max_future_s)  # fmt: skip
-    home = partition_for(msg.key, settings.partitions) if msg.key is not None else msg.partition
-    if settings.strict_partitioning and home != msg.partition:
-        raise InvalidEvent(
-            "wrong_partition",
-            f"key {msg.key[:64]!r} belongs on partition {home} under Kafka's default (murmur2) partitioner, "
-            f"not {msg.partition}; all of a user's events must share one partition (librdkafka clients: "
-            "partitioner=murmur2_random)",
-        )
-    return event
+    return decode_event(settings, msg.topic, msg.partition, msg.key, record.value, msg.offset)
 
 
 async def resolve_all(records: Sequence[EventT]) -> list[tuple[EventT, Event, Item]]:

@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.events import Event, InvalidEvent, Item, event_order, parse_event, resolve_item
+from models.events import Event, InvalidEvent, Item, event_order, resolve_item
 from models.interest import UserState
 from models.sequence import SequenceModel, Step
+from streams.topics import decode_event
 
 log = logging.getLogger("interest_stream.model_sync")
 
@@ -231,9 +232,11 @@ class Trainer:
                     "positions": self.positions}, tmp)  # fmt: skip
         tmp.replace(self.checkpoint)
 
-    def decode(self, topic: str, key: bytes | None, value: bytes) -> tuple[Event, Item] | None:
+    def decode(
+        self, topic: str, partition: int, key: bytes | None, value: bytes
+    ) -> tuple[Event, Item] | None:
         try:
-            event = parse_event(value, self.settings.event_topics[topic], key, require_key=False)
+            event = decode_event(self.settings, topic, partition, key, value, None)
             return event, resolve_item(event, self.catalog.get)
         except (InvalidEvent, ValueError):
             self.skipped += 1  # the workers dead-letter it; the trainer just does not learn it
@@ -292,8 +295,9 @@ class Trainer:
             dirty = False
             while stop is None or not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=s.max_batch)
-                pairs = [p for tp, records in batch.items() for r in records
-                         if (p := self.decode(tp.topic, r.key, r.value)) is not None]  # fmt: skip
+                decoded = (self.decode(tp.topic, tp.partition, r.key, r.value)
+                           for tp, records in batch.items() for r in records)  # fmt: skip
+                pairs = [pair for pair in decoded if pair is not None]
                 if pairs:
                     await asyncio.get_running_loop().run_in_executor(None, self.learn, pairs)
                 dirty = dirty or bool(batch)

@@ -8,12 +8,36 @@ The three event topics and the updates topic share one partition count (co-parti
 from __future__ import annotations
 
 import contextlib
+import time
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from models.events import Event, InvalidEvent, parse_event
+from models.sharding import partition_for
 from streams.settings import Settings
+
+
+def decode_event(
+    settings: Settings, topic: str, partition: int, key: bytes | None, value: bytes, offset: int | None
+) -> Event:
+    """Parse and check one record of an event topic; ``InvalidEvent`` says why it is rejected.
+
+    One rule for every reader of the event topics: the worker dead-letters what this rejects, and the
+    sequence-model trainer must not learn it either (a model taught events no user state holds)."""
+    event = parse_event(value, settings.event_topics[topic], key, offset=offset,
+                        require_key=settings.strict_partitioning,
+                        latest_ts=time.time() + settings.max_future_s)  # fmt: skip
+    home = partition_for(key, settings.partitions) if key is not None else partition
+    if settings.strict_partitioning and home != partition:
+        raise InvalidEvent(
+            "wrong_partition",
+            f"key {key[:64]!r} belongs on partition {home} under Kafka's default (murmur2) partitioner, "
+            f"not {partition}; all of a user's events must share one partition (librdkafka clients: "
+            "partitioner=murmur2_random)",
+        )
+    return event
 
 
 def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:

@@ -40,6 +40,29 @@ def test_a_workers_item_text_is_bounded_least_recently_used_and_kept_only_while_
     assert served.text["d"].dtype == np.float16
 
 
+def test_the_trainer_skips_what_the_workers_dead_letter(tmp_path):
+    from types import SimpleNamespace
+
+    from models.events import Item
+    from models.sharding import partition_for
+
+    settings = Settings.load({})
+    catalog = SimpleNamespace(get=lambda item_id: Item(f"title {item_id}", categories=("c",)))
+    trainer = model_sync.Trainer(settings, SimpleNamespace(dim=8), catalog, tmp_path)
+    topic = next(iter(settings.event_topics))
+    home = partition_for(b"u1", settings.partitions)
+
+    def record(ts: float) -> bytes:
+        return json.dumps({"event_id": f"e{ts}", "user_id": "u1", "item_id": "i1", "ts": ts}).encode()
+
+    assert trainer.decode(topic, home, b"u1", record(1.7e9)) is not None
+    elsewhere = (home + 1) % settings.partitions
+    assert trainer.decode(topic, elsewhere, b"u1", record(1.7e9)) is None  # the worker: wrong_partition
+    assert trainer.decode(topic, home, b"u1", record(4e9)) is None  # the worker: future_timestamp
+    assert trainer.decode(topic, home, None, record(1.7e9)) is None  # the worker: missing_key
+    assert trainer.skipped == 3
+
+
 def test_a_snapshot_is_taken_only_when_all_its_chunks_and_its_checksum_are_there(monkeypatch):
     monkeypatch.setattr(model_sync, "CHUNK_BYTES", 10)
     first, second = bytes(range(35)), bytes(range(100, 125))
