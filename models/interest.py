@@ -26,9 +26,9 @@ hashed into ``category_hash_dim`` buckets, with its own, longer time constant ``
 (a taste for a genre outlives a week's interest). The head reads it as behaviour features.
 
 Stored size per user (``to_bytes``): 32-byte header + 8 (model tag) + 4*dim (vector) + 12 (counts) +
-24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id + 2 + 4*category buckets;
+24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id + 10 + 4*category buckets;
 all-MiniLM (384-d), the default window of 256, 50 recent MovieLens items (ids of up to 6 digits) and 32
-category buckets: 3,662 + at most 850 + 130 bytes.
+category buckets: 3,662 + 138 + at most 850 bytes.
 """
 
 from __future__ import annotations
@@ -85,7 +85,10 @@ class UserState:
     model: int = 0
     """``model_tag`` of the encoder whose vectors are summed in ``vec`` (0: unknown, a format-2 state)."""
     categories: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    """float32 (category buckets,): the decayed category profile at ``t_ref`` (empty: none yet)."""
+    """float32 (category buckets,): the category profile, each event weighted ``exp((t_i - origin) /
+    category_tau_s)`` (empty: none yet). Only shares are read, and growing weights give the same shares
+    as decaying ones without touching every bucket at every event."""
+    category_origin: float = 0.0
 
     @classmethod
     def empty(cls, dim: int, window: int, model: int = 0) -> UserState:
@@ -135,26 +138,19 @@ class UserState:
         self.window = cfg.dedup_window  # the configured window, also for states stored with another
         self.mark_offset(event_type, offset)
         weight = cfg.weight(event_type)
-        if len(self.categories) != cfg.category_hash_dim:  # none yet, or stored with another size
-            self.categories = np.zeros(cfg.category_hash_dim, np.float32)
         if ts >= self.t_ref:
             # Move the reference time forward: decay what we had to the new event's time.
-            first = not self.events_applied
-            shrink = 0 if first else np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s))
+            shrink = np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s)) if self.events_applied else 0
             self.vec *= shrink
             self.counts *= shrink
-            self.categories *= 0 if first else np.float32(math.exp(-(ts - self.t_ref) / cfg.category_tau_s))
             self.t_ref = ts
-            factor, category_factor = weight, 1.0
+            factor = weight
         else:
             factor = weight * math.exp(-(self.t_ref - ts) / cfg.tau_s)
-            category_factor = math.exp(-(self.t_ref - ts) / cfg.category_tau_s)
         self.vec += np.float32(factor) * emb
         self.counts[EVENT_TYPES.index(event_type)] += np.float32(factor / weight)
         if categories and cfg.category_hash_dim:
-            share = np.float32(category_factor / len(categories))
-            for category in categories:
-                self.categories[category_bucket(category, cfg.category_hash_dim)] += share
+            self._add_categories(ts, categories, cfg)
         self.recent_ids.append(h)
         del self.recent_ids[: -self.window]
         if item_id is not None:
@@ -169,6 +165,19 @@ class UserState:
                 del recent[: -cfg.items_kept]
         self.events_applied += 1
         return True
+
+    def _add_categories(self, ts: float, categories: Sequence[str], cfg: InterestConfig) -> None:
+        buckets = cfg.category_hash_dim
+        if len(self.categories) != buckets:  # none yet, or stored with another size
+            self.categories = np.zeros(buckets, np.float32)
+            self.category_origin = ts
+        growth = (ts - self.category_origin) / cfg.category_tau_s
+        if growth > 20:  # keep float32 far from overflow: rescale everything to a new origin
+            self.categories *= np.float32(math.exp(-growth))
+            self.category_origin, growth = ts, 0.0
+        share = math.exp(growth) / len(categories)
+        for category in categories:
+            self.categories[category_bucket(category, buckets)] += share
 
     def embedding(self) -> np.ndarray:
         """The published interest vector: s(t) direction, a unit vector in the item-text space."""
@@ -201,7 +210,7 @@ class UserState:
                          struct.pack("<H", len(self.recent_items)), items,
                          np.asarray(self.recent_types, np.uint8).tobytes(),
                          np.asarray(self.recent_ts, np.float64).tobytes(),
-                         struct.pack("<H", len(self.categories)),
+                         struct.pack("<Hd", len(self.categories), self.category_origin),
                          self.categories.astype(np.float32).tobytes()])  # fmt: skip
 
     @classmethod
@@ -243,8 +252,8 @@ class UserState:
             state.recent_types = [0] * len(items)
             state.recent_ts = [state.t_ref if applied else 0.0] * len(items)
         if fmt >= 5:  # before: no category profile; it starts with the next event
-            (n_buckets,) = struct.unpack_from("<H", raw, off)
-            state.categories = np.frombuffer(raw, np.float32, n_buckets, off + 2).copy()
+            n_buckets, state.category_origin = struct.unpack_from("<Hd", raw, off)
+            state.categories = np.frombuffer(raw, np.float32, n_buckets, off + 10).copy()
         state.offsets = offsets
         state.model = model
         return state

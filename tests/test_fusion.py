@@ -52,6 +52,14 @@ def test_category_profile_is_log_shares_of_the_hashed_categories():
     t.add("b", CFG.category_tau_s, "click", v, CFG, "i2", categories=("Comedy",))
     shares = t.category_shares(CFG)
     np.testing.assert_allclose(shares[comedy] / shares[drama], math.e, rtol=1e-5)
+    # Years later the weights are rescaled to a new origin (float32 would overflow); shares stay.
+    u = UserState.empty(D, 8)
+    u.add("a", 0.0, "click", v, CFG, "i1", categories=("Drama",))
+    u.add("b", 1.0, "click", v, CFG, "i2", categories=("Comedy",))
+    later = 30 * CFG.category_tau_s
+    u.add("c", later, "click", v, CFG, "i3", categories=("Drama",))
+    assert u.category_origin == later and np.isfinite(u.categories).all()
+    np.testing.assert_allclose(u.category_shares(CFG)[drama], 1.0, rtol=1e-6)  # the old ones faded out
     # Turned off: no block at all.
     off = InterestConfig(context_hash_dim=16, category_hash_dim=0)
     assert fuse(s, 20.0, {}, off).shape == (D + 9 + 16,)

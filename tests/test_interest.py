@@ -112,7 +112,7 @@ def test_offsets_and_model_tag_round_trip_and_older_formats_load():
     # Format 4 (no category profile), 3 (items up to the end, no types or times) and 2 (no tag, no
     # offsets either) load.
     raw = s.to_bytes()
-    profile = 2 + 4 * CFG.category_hash_dim
+    profile = 10 + 4 * CFG.category_hash_dim
     four = UserState.from_bytes(bytes([4]) + raw[1:-profile])
     assert four.recent_ts == back.recent_ts and len(four.categories) == 0
     assert not four.category_shares(CFG).any()
@@ -138,19 +138,19 @@ def test_state_round_trips_through_bytes_within_the_budget():
         s.t_ref, 7, 200, s.recent_ids,
     )  # fmt: skip
     np.testing.assert_array_equal(back.categories, s.categories)
-    profile = 2 + 4 * CFG.category_hash_dim
+    profile = 10 + 4 * CFG.category_hash_dim
     # CFG's window (256) holds all 200 ids
     assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200 + 2 + profile
     # all-MiniLM (384-d) with the default window and 32 category buckets: the budget the README states.
     full = UserState.empty(384, CFG.dedup_window)
     for i in range(300):
         full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG, categories=(f"g{i % 20}",))
-    assert len(full.to_bytes()) == 3662 + 130
+    assert len(full.to_bytes()) == 3662 + 138
     # ... plus the sequence window: 50 recent items (MovieLens ids of up to 6 digits) cost at most 850 B.
     for i in range(300):
         full.add(f"f{i}", 2e9 + i, "cart", np.ones(384, np.float32), CFG, item_id=str(100_000 + i))
     assert len(full.recent_items) == CFG.sequence_len == 50
-    assert len(full.to_bytes()) == 3662 + 130 + 50 * (2 + 6 + 1 + 8)
+    assert len(full.to_bytes()) == 3662 + 138 + 50 * (2 + 6 + 1 + 8)
 
 
 def test_recent_items_are_kept_in_event_time_order_whatever_the_arrival_order():
