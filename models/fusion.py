@@ -57,10 +57,7 @@ def fuse(state: UserState, ts: float, context: dict[str, str], cfg: InterestConf
     x[b + 4] = math.log1p(state.events_applied) / 10.0
     t = b + N_BEHAVIOUR
     if cfg.category_hash_dim:
-        profile = state.categories
-        total = float(profile.sum()) if len(profile) == cfg.category_hash_dim else 0.0
-        if total > 0:  # log1p(share / floor), in one pass over the buckets
-            x[-cfg.category_hash_dim :] = np.log1p(profile * np.float32(1.0 / (total * PROFILE_FLOOR)))
+        x[-cfg.category_hash_dim :] = np.log1p(state.category_shares(cfg, 1.0 / PROFILE_FLOOR))
     if not cfg.environment_features:
         return x
     hour = (ts % 86_400.0) / 3600.0

@@ -190,13 +190,13 @@ class UserState:
             return self.counts
         return self.counts * np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s))
 
-    def category_shares(self, cfg: InterestConfig) -> np.ndarray:
-        """The category profile as shares summing to 1 (zeros before any category), in ``cfg``'s size.
-        Shares need no time: decay to any later time scales every bucket alike."""
+    def category_shares(self, cfg: InterestConfig, scale: float = 1.0) -> np.ndarray:
+        """The category profile as shares summing to ``scale`` (zeros before any category), in
+        ``cfg``'s size. Shares need no time: decay to any later time scales every bucket alike."""
         if len(self.categories) != cfg.category_hash_dim:
             return np.zeros(cfg.category_hash_dim, np.float32)
         total = float(self.categories.sum())
-        return self.categories / np.float32(total) if total > 0 else self.categories.copy()
+        return self.categories * np.float32(scale / total) if total > 0 else self.categories.copy()
 
     def to_bytes(self) -> bytes:
         ids = np.asarray(self.recent_ids, dtype=np.uint64)
