@@ -372,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"), help="report folder")
     e.add_argument("--protocol", choices=["loo", "prequential", "both"], default="both")
     e.add_argument("--no-sasrec", action="store_true", help="skip the offline SASRec reference")
-    e.add_argument("--sasrec-budget", type=float, default=1800.0, metavar="S", help="SASRec training cap, s")
+    e.add_argument("--sasrec-budget", type=float, default=1800.0, metavar="S",
+                   help="SASRec's time cap, s, for the run that picks its epoch count (the refit on "
+                        "training + validation then runs that many epochs)")  # fmt: skip
     e.add_argument("--sasrec-epochs", type=int, default=200, help="SASRec epoch cap")
     e.add_argument("--no-ablations", action="store_true", help="only the default model and the baselines")
     e.add_argument("--no-sequence", action="store_true", help="skip the online sequential model's rows")
