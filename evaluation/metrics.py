@@ -176,17 +176,18 @@ def bootstrap_classification(
     return out
 
 
+def top1_hits(pred: CategoryPredictions) -> np.ndarray:
+    """Per event: whether the top-1 category is one of the item's (what acc@1 averages)."""
+    top = np.argmax(pred.proba, axis=1)
+    return pred.truth[np.arange(len(top)), top] > 0
+
+
 def paired_accuracy_difference(
     a: CategoryPredictions, b: CategoryPredictions, n_users: int, n_boot: int = 1000, seed: int = 0
 ) -> Interval:
     """acc@1 of ``a`` minus acc@1 of ``b`` on the same events, with a 95% interval from resampling
     users (both models' events of a resampled user go in together, so what they share cancels out)."""
-
-    def hits(pred: CategoryPredictions) -> np.ndarray:
-        top = np.argmax(pred.proba, axis=1)
-        return (pred.truth[np.arange(len(top)), top] > 0).astype(np.float64)
-
-    diff = hits(a) - hits(b)
+    diff = top1_hits(a).astype(np.float64) - top1_hits(b)
     if len(diff) == 0:
         return Interval(float("nan"), float("nan"), float("nan"))
     per_user = np.bincount(a.user, weights=diff, minlength=n_users)
@@ -205,7 +206,7 @@ def reliability(pred: CategoryPredictions, bins: int = 10) -> dict[str, object]:
         return {"bins": [], "ece": float("nan")}
     top = np.argmax(pred.proba, axis=1)
     conf = pred.proba[np.arange(len(top)), top]
-    hit = pred.truth[np.arange(len(top)), top] > 0
+    hit = top1_hits(pred)
     which = np.minimum((conf * bins).astype(int), bins - 1)
     rows, ece = [], 0.0
     for b in range(bins):

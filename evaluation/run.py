@@ -29,6 +29,7 @@ from evaluation.metrics import (
     bootstrap_means,
     paired_accuracy_difference,
     reliability,
+    top1_hits,
 )
 from evaluation.protocols import (
     LooResult,
@@ -297,8 +298,7 @@ def _rolling_accuracy(result: PrequentialResult, window: int = 5000) -> dict[str
     step = max(window // 5, 1)
     for name in ("default", "most_frequent", "last_category", "popularity"):
         pred = result.models[name]
-        top = np.argmax(pred.proba, axis=1)
-        hit = pred.truth[np.arange(len(top)), top] > 0
+        hit = top1_hits(pred)
         csum = np.concatenate([[0], np.cumsum(hit)])
         ends = np.arange(min(window, len(hit)), len(hit) + 1, step)
         out[name] = [round(float((csum[e] - csum[max(e - window, 0)]) / min(window, e)), 6) for e in ends]
