@@ -26,9 +26,11 @@ hashed into ``category_hash_dim`` buckets, with its own, longer time constant ``
 (a taste for a genre outlives a week's interest). The head reads it as behaviour features.
 
 Stored size per user (``to_bytes``): 32-byte header + 8 (model tag) + 4*dim (vector) + 12 (counts) +
-24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id + 10 + 4*category buckets;
-all-MiniLM (384-d), the default window of 256, 50 recent MovieLens items (ids of up to 6 digits) and 32
-category buckets: 3,662 + 138 + at most 850 bytes.
+24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id + 10 + 4*category buckets
++ 2 + per recent item 2 bytes + its event id; all-MiniLM (384-d), the default window of 256, 50 recent
+MovieLens items (ids of up to 6 digits) and 32 category buckets: 3,662 + 138 + at most 850 bytes, plus
+the event ids (2 + 50 * (2 + id length): 702 bytes for 12-character ids). The event ids name what
+``contributions`` explains.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ import numpy as np
 from models.config import EVENT_TYPES, InterestConfig
 
 _HEADER = struct.Struct("<BxHIIIdQ")  # format, dim, window, n_ids, events_applied, t_ref, version
-_FORMAT = 5  # 1: no recent items; 2: no model tag, no offsets; 3: recent items without type and time;
-# 4: no category profile
+_FORMAT = 6  # 1: no recent items; 2: no model tag, no offsets; 3: recent items without type and time;
+# 4: no category profile; 5: no event ids of the recent items
 NO_OFFSET = -1
 
 
@@ -80,6 +82,7 @@ class UserState:
     recent_items: list[str] = field(default_factory=list)  # by (time, id), at most cfg.items_kept
     recent_types: list[int] = field(default_factory=list)  # per recent item: its event type's index
     recent_ts: list[float] = field(default_factory=list)  # per recent item: its event time
+    recent_events: list[str] = field(default_factory=list)  # per recent item: its event id ("": unknown)
     offsets: np.ndarray = field(default_factory=lambda: np.full(len(EVENT_TYPES), NO_OFFSET, np.int64))
     """Per event type: the highest input offset applied (``NO_OFFSET``: none, or not from Kafka)."""
     model: int = 0
@@ -161,7 +164,8 @@ class UserState:
             self.recent_items.insert(at, item_id)
             self.recent_types.insert(at, EVENT_TYPES.index(event_type))
             self.recent_ts.insert(at, ts)
-            for recent in (self.recent_items, self.recent_types, self.recent_ts):
+            self.recent_events.insert(at, event_id)
+            for recent in (self.recent_items, self.recent_types, self.recent_ts, self.recent_events):
                 del recent[: -cfg.items_kept]
         self.events_applied += 1
         return True
@@ -178,6 +182,24 @@ class UserState:
         share = math.exp(growth) / len(categories)
         for category in categories:
             self.categories[category_bucket(category, buckets)] += share
+
+    def contributions(self, embeddings: Sequence[np.ndarray | None], cfg: InterestConfig) -> list[float]:
+        """Each recent event's share of the interest vector: its weight after decay times its item's
+        cosine to the vector, over the vector's norm. ``embeddings``: the recent items' unit text vectors
+        (None: not at hand, share 0). The shares of *all* events ever applied sum to exactly 1 (the norm is
+        the sum of their projections), so the recent ones sum to at most about 1."""
+        norm = float(np.linalg.norm(self.vec))
+        if norm == 0:
+            return [0.0] * len(self.recent_items)
+        direction = self.vec / np.float32(norm)
+        out = []
+        for kind, ts, emb in zip(self.recent_types, self.recent_ts, embeddings, strict=True):
+            if emb is None:
+                out.append(0.0)
+                continue
+            weight = cfg.weight(EVENT_TYPES[kind]) * math.exp(-max(self.t_ref - ts, 0.0) / cfg.tau_s)
+            out.append(weight * float(np.dot(emb, direction)) / norm)
+        return out
 
     def embedding(self) -> np.ndarray:
         """The published interest vector: s(t) direction, a unit vector in the item-text space."""
@@ -204,19 +226,20 @@ class UserState:
         header = _HEADER.pack(
             _FORMAT, self.dim, self.window, len(ids), self.events_applied, t_ref, self.version
         )
-        items = b"".join(struct.pack("<H", len(raw)) + raw for raw in (i.encode() for i in self.recent_items))
+        items = _strings(self.recent_items)[2:]
         return b"".join([header, struct.pack("<Q", self.model), self.vec.tobytes(), self.counts.tobytes(),
                          self.offsets.astype(np.int64).tobytes(), ids.tobytes(),
                          struct.pack("<H", len(self.recent_items)), items,
                          np.asarray(self.recent_types, np.uint8).tobytes(),
                          np.asarray(self.recent_ts, np.float64).tobytes(),
                          struct.pack("<Hd", len(self.categories), self.category_origin),
-                         self.categories.astype(np.float32).tobytes()])  # fmt: skip
+                         self.categories.astype(np.float32).tobytes(),
+                         _strings(self.recent_events)])  # fmt: skip
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         fmt, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
-        if fmt not in (1, 2, 3, 4, _FORMAT):
+        if fmt not in (1, 2, 3, 4, 5, _FORMAT):
             raise ValueError(f"unknown user-state format {fmt}")
         off = _HEADER.size
         model = 0
@@ -254,6 +277,28 @@ class UserState:
         if fmt >= 5:  # before: no category profile; it starts with the next event
             n_buckets, state.category_origin = struct.unpack_from("<Hd", raw, off)
             state.categories = np.frombuffer(raw, np.float32, n_buckets, off + 10).copy()
+            off += 10 + 4 * n_buckets
+        state.recent_events = [""] * len(items)  # before format 6: not recorded
+        if fmt >= 6:
+            state.recent_events, off = _read_strings(raw, off)
         state.offsets = offsets
         state.model = model
         return state
+
+
+def _strings(values: Sequence[str]) -> bytes:
+    """A count, then each string as its UTF-8 length and bytes."""
+    return struct.pack("<H", len(values)) + b"".join(
+        struct.pack("<H", len(r)) + r for r in (v.encode() for v in values)
+    )
+
+
+def _read_strings(raw: bytes, off: int) -> tuple[list[str], int]:
+    (n,) = struct.unpack_from("<H", raw, off)
+    off += 2
+    out = []
+    for _ in range(n):
+        (size,) = struct.unpack_from("<H", raw, off)
+        out.append(raw[off + 2 : off + 2 + size].decode())
+        off += 2 + size
+    return out, off

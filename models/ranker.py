@@ -21,11 +21,15 @@ Every number is in ``InterestConfig``.
 
 from __future__ import annotations
 
+import bisect
+import io
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from models.config import InterestConfig
+
+_SNAPSHOT_MAGIC = b"IRNK1"
 
 
 class NextItemRanker:
@@ -132,3 +136,63 @@ class NextItemRanker:
         top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, np.int64)
         top = top[np.argsort(-s[top], kind="stable")]
         return [(self.ids[i], float(s[i])) for i in top]
+
+    def because(self, history: Sequence[str], item_id: str, n: int = 3) -> list[str]:
+        """The user's recent items that put ``item_id`` in their recommendations: those whose successor
+        counts give it sequence score, largest share first (empty: text and popularity alone)."""
+        cfg = self.config
+        j = self.index.get(item_id)
+        shares: dict[str, float] = {}
+        for k, prev in enumerate(reversed(history[-cfg.history_len :])):
+            i = self.index.get(prev)
+            count = self.successors[i].get(j, 0.0) if i is not None and j is not None else 0.0
+            if count > 0:
+                share = cfg.history_decay**k / (self._out[i] + 1.0) ** cfg.degree_power * count
+                shares[prev] = shares.get(prev, 0.0) + share
+        return sorted(shares, key=lambda i: -shares[i])[:n]
+
+    # -- snapshots (the trainer publishes the ranker with the sequential model) ------------------
+    def to_bytes(self) -> bytes:
+        """Items, their text embeddings (float32), popularity and successor counts (float64, exact)."""
+        n = self.n_items
+        lengths = np.fromiter((len(r) for r in self.successors), np.int64, n)
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        total = int(indptr[-1])
+        cols = np.fromiter((j for r in self.successors for j in r), np.int32, total)
+        vals = np.fromiter((w for r in self.successors for w in r.values()), np.float64, total)
+        buf = io.BytesIO()
+        np.savez(buf, ids=np.asarray(self.ids, dtype=str), emb=self._emb[:n], pop=self._pop[:n],
+                 out=self._out[:n], indptr=indptr, cols=cols, vals=vals)  # fmt: skip
+        return _SNAPSHOT_MAGIC + buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, config: InterestConfig) -> NextItemRanker:
+        if raw[: len(_SNAPSHOT_MAGIC)] != _SNAPSHOT_MAGIC:
+            raise ValueError("not a next-item ranker snapshot")
+        with np.load(io.BytesIO(raw[len(_SNAPSHOT_MAGIC) :]), allow_pickle=False) as z:
+            emb = z["emb"]
+            ranker = cls(config, emb.shape[1])
+            ranker.ids = [str(i) for i in z["ids"]]
+            ranker.index = {item: k for k, item in enumerate(ranker.ids)}
+            ranker._emb, ranker._pop, ranker._out = emb.astype(np.float32), z["pop"].copy(), z["out"].copy()
+            indptr, cols, vals = z["indptr"], z["cols"].tolist(), z["vals"].tolist()
+        ranker.successors = [dict(zip(cols[a:b], vals[a:b], strict=True))
+                             for a, b in zip(indptr[:-1], indptr[1:], strict=True)]  # fmt: skip
+        return ranker
+
+
+class RecentItems:
+    """Each user's last ``history_len`` item ids, as ``UserState.recent_items`` orders them (by event
+    time, then item id): the ranker's query where no user state is at hand (the trainer)."""
+
+    def __init__(self, history_len: int) -> None:
+        self.history_len = history_len
+        self.of: dict[str, list[tuple[float, str]]] = {}
+
+    def items(self, user: str) -> list[str]:
+        return [item for _, item in self.of.get(user, ())]
+
+    def add(self, user: str, ts: float, item_id: str) -> None:
+        kept = self.of.setdefault(user, [])
+        bisect.insort_right(kept, (ts, item_id))
+        del kept[: -self.history_len]

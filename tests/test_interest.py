@@ -107,11 +107,15 @@ def test_offsets_and_model_tag_round_trip_and_older_formats_load():
     assert back.categories.sum() == 1 and len(back.categories) == CFG.category_hash_dim
     assert back.model == 12345
     assert [back.applied_offset(t) for t in ("click", "cart", "order")] == [-1, 41, 3]
-    assert (back.recent_items, back.recent_types, back.recent_ts) == (
-        ["i1", "i2", "i3"], [1, 1, 2], [1e9, 1e9 + 1, 1e9 + 2])  # fmt: skip
-    # Format 4 (no category profile), 3 (items up to the end, no types or times) and 2 (no tag, no
-    # offsets either) load.
-    raw = s.to_bytes()
+    assert (back.recent_items, back.recent_types, back.recent_ts, back.recent_events) == (
+        ["i1", "i2", "i3"], [1, 1, 2], [1e9, 1e9 + 1, 1e9 + 2], ["a", "b", "c"])  # fmt: skip
+    # Format 5 (no event ids), 4 (no category profile), 3 (items up to the end, no types or times) and
+    # 2 (no tag, no offsets either) load.
+    six = s.to_bytes()
+    raw = bytes([5]) + six[1 : -(2 + 3 * 3)]
+    five = UserState.from_bytes(raw)
+    assert five.recent_items == back.recent_items and five.recent_events == ["", "", ""]
+    np.testing.assert_array_equal(five.categories, s.categories)
     profile = 10 + 4 * CFG.category_hash_dim
     four = UserState.from_bytes(bytes([4]) + raw[1:-profile])
     assert four.recent_ts == back.recent_ts and len(four.categories) == 0
@@ -140,17 +144,18 @@ def test_state_round_trips_through_bytes_within_the_budget():
     np.testing.assert_array_equal(back.categories, s.categories)
     profile = 10 + 4 * CFG.category_hash_dim
     # CFG's window (256) holds all 200 ids
-    assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200 + 2 + profile
+    assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200 + 2 + profile + 2
     # all-MiniLM (384-d) with the default window and 32 category buckets: the budget the README states.
     full = UserState.empty(384, CFG.dedup_window)
     for i in range(300):
         full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG, categories=(f"g{i % 20}",))
-    assert len(full.to_bytes()) == 3662 + 138
+    assert len(full.to_bytes()) == 3662 + 138 + 2
     # ... plus the sequence window: 50 recent items (MovieLens ids of up to 6 digits) cost at most 850 B.
     for i in range(300):
         full.add(f"f{i}", 2e9 + i, "cart", np.ones(384, np.float32), CFG, item_id=str(100_000 + i))
     assert len(full.recent_items) == CFG.sequence_len == 50
-    assert len(full.to_bytes()) == 3662 + 138 + 50 * (2 + 6 + 1 + 8)
+    assert len(full.to_bytes()) == 3662 + 138 + 50 * (2 + 6 + 1 + 8) + 2 + 50 * (2 + 4)
+    assert full.recent_events == [f"f{i}" for i in range(250, 300)]
 
 
 def test_recent_items_are_kept_in_event_time_order_whatever_the_arrival_order():
@@ -164,3 +169,26 @@ def test_recent_items_are_kept_in_event_time_order_whatever_the_arrival_order():
         states.append((s.recent_items, s.recent_types, s.recent_ts))
     assert states[0] == states[1] == states[2]
     assert states[0][0] == ["i3", "i4", "i5", "i6"] and states[0][1] == [0, 1, 2, 0]
+
+
+def test_contributions_split_the_vector_among_its_events():
+    s = UserState.empty(DIM, CFG.dedup_window)
+    rng = np.random.default_rng(3)
+    embs = {}
+    for k in range(30):  # fewer than the state keeps: every event is in the window
+        kind = ("click", "cart", "order")[k % 3]
+        embs[f"i{k}"] = unit(k)
+        s.add(f"e{k}", 1e9 + float(rng.integers(0, 20 * DAY_S)), kind, embs[f"i{k}"], CFG, f"i{k}")
+    shares = s.contributions([embs[i] for i in s.recent_items], CFG)
+    assert math.isclose(sum(shares), 1.0, rel_tol=1e-5)
+    # each share is the event's decayed weight times its cosine to the vector, over the vector's norm
+    k = int(np.argmax(shares))
+    weight = CFG.weight(("click", "cart", "order")[s.recent_types[k]]) * math.exp(
+        -(s.t_ref - s.recent_ts[k]) / CFG.tau_s
+    )
+    cos = float(embs[s.recent_items[k]] @ s.embedding())
+    assert math.isclose(shares[k], weight * cos / float(np.linalg.norm(s.vec)), rel_tol=1e-5)
+    assert s.recent_events[k] == f"e{s.recent_items[k][1:]}"
+    # an item whose text is not at hand gets no share; an empty state explains nothing
+    assert s.contributions([None] * len(s.recent_items), CFG) == [0.0] * len(s.recent_items)
+    assert UserState.empty(DIM, 4).contributions([], CFG) == []

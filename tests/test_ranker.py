@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 
 from models.config import InterestConfig
 from models.interest import UserState
-from models.ranker import NextItemRanker
+from models.ranker import NextItemRanker, RecentItems
 
 CFG = InterestConfig()
 DIM = 8
@@ -69,3 +70,48 @@ def test_state_keeps_recent_items_and_reads_format_1():
     old[0] = 1
     v1 = UserState.from_bytes(bytes(old))
     assert v1.recent_items == [] and v1.events_applied == 12
+
+
+def _random_log(seed: int, n: int = 400) -> list[tuple[str, float, str]]:
+    rng = np.random.default_rng(seed)
+    return [(f"u{rng.integers(12)}", float(rng.integers(1000)), f"i{rng.integers(40)}") for _ in range(n)]
+
+
+def test_a_snapshot_ranks_exactly_as_the_ranker_it_was_taken_from():
+    r = NextItemRanker(CFG, DIM)
+    r.add_item("never-acted-on", unit(99))  # catalogue items without events travel too
+    recent = RecentItems(CFG.history_len)
+    for user, ts, item in sorted(_random_log(1), key=lambda e: e[1]):
+        r.learn(recent.items(user), item, unit(int(item[1:])))
+        recent.add(user, ts, item)
+    back = NextItemRanker.from_bytes(r.to_bytes(), CFG)
+    assert back.ids == r.ids and back.successors == r.successors
+    for user in recent.of:
+        history, interest = recent.items(user), unit(hash(user) % 1000)
+        assert back.recommend(history, interest, 10, history) == r.recommend(history, interest, 10, history)
+    with pytest.raises(ValueError, match="not a next-item ranker"):
+        NextItemRanker.from_bytes(b"ISEQ1...", CFG)
+
+
+def test_recent_items_keep_the_user_states_order_whatever_the_arrival_order():
+    log = _random_log(2)
+    states: dict[str, UserState] = {}
+    recent = RecentItems(CFG.history_len)
+    for k, (user, ts, item) in enumerate(reversed(log)):  # late events all the way
+        state = states.setdefault(user, UserState.empty(DIM, CFG.dedup_window))
+        state.add(f"e{k}", ts, "click", unit(k), CFG, item)
+        recent.add(user, ts, item)
+    for user, state in states.items():
+        assert recent.items(user) == state.recent_items[-CFG.history_len :]
+
+
+def test_because_names_the_recent_items_whose_successors_carry_a_recommendation():
+    r = NextItemRanker(InterestConfig(transition_backward=0.0), DIM)
+    for history in (["a", "x"], ["b", "x"], ["b", "x"]):  # x follows a once and b twice
+        r.learn(history[:1], history[0], unit(1))
+        r.learn(history[:1], history[1], unit(2))
+    r.add_item("z", unit(3))
+    assert r.because(["a", "b"], "x") == ["b", "a"]  # b: newer and the larger count
+    assert r.because(["a", "b"], "z") == []  # only text and popularity put z there
+    top = dict(r.recommend(["a", "b"], None, 2, exclude=["a", "b"]))
+    assert list(top) == ["x", "z"]
