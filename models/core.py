@@ -38,6 +38,8 @@ class InterestUpdate:
     last_event: Event
     sequence: tuple[np.ndarray, int, int] | None = None
     """The sequential model's user vector, its snapshot id and learned events (set by the worker)."""
+    recommendations: list[tuple[str, float]] | None = None
+    """The next-item ranker's top items (id, score) for the user (set by the worker)."""
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -58,6 +60,10 @@ class InterestUpdate:
             vector, snapshot, learned = self.sequence
             out["sequence"] = {"vector": np.round(vector.astype(np.float64), 7).tolist(), "model": snapshot,
                                "learned_events": learned}  # fmt: skip
+        if self.recommendations is not None:
+            out["recommendations"] = [
+                {"item_id": i, "score": round(score, 6)} for i, score in self.recommendations
+            ]
         return out
 
 

@@ -119,7 +119,7 @@ class TableStates:
 
 catalog = Catalog(settings.broker, settings.items_topic, Path(settings.state_dir) / "catalog")
 head_exchange = HeadExchange(settings.broker, heads.changelog_topic.get_topic_name(), settings.head_sync_s)
-served_model = ServedModel(settings.broker, settings.model_topic)
+served_model = ServedModel(settings.broker, settings.model_topic, config=settings.model)
 
 
 @app.task
@@ -263,16 +263,19 @@ async def apply_partition(
     counters.duplicates += result.duplicates
     counters.redelivered += result.redelivered
     counters.updates += len(result.updates)
-    await add_sequence_vectors(core, result.updates, result.states)
+    await add_model_outputs(core, result.updates, result.states)
     return result.updates
 
 
-async def add_sequence_vectors(core: InterestCore, updates: list[InterestUpdate], states: dict) -> None:
-    """Give each update the user vector of the newest sequential-model snapshot (none loaded: none)."""
+async def add_model_outputs(core: InterestCore, updates: list[InterestUpdate], states: dict) -> None:
+    """Give each update its recommendations and the user vector of the newest snapshot of the global
+    models (none loaded: neither)."""
     model = served_model.model
     if model is None or not updates:
         return
     touched = {u.user_id: states[u.user_id] for u in updates}
+    for update in updates:
+        update.recommendations = served_model.recommend(touched[update.user_id], settings.recommendations_k)
     missing = served_model.missing(touched)
     if missing:  # window items from before this worker started: their text, through the embedding cache
         items = {i: catalog.get(i) for i in missing}

@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -44,6 +44,14 @@ class Catalog:
     def get(self, item_id: str) -> Item | None:
         raw = self.db.get(item_id.encode()) if self.db is not None else None
         return None if raw is None else parse_item(json.loads(raw), "catalog item")
+
+    def items(self) -> Iterator[tuple[str, Item]]:
+        """Every accepted catalogue item (id, item), in key order."""
+        if self.db is None:
+            return
+        for key, raw in self.db.items():
+            if not key.startswith(_BAD):
+                yield key.decode(), parse_item(json.loads(raw), "catalog item")
 
     def why_missing(self, item_id: str) -> str | None:
         """The validation error of a rejected catalog entry for this id, if it had one."""

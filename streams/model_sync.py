@@ -15,6 +15,12 @@ separated from serving (the Monolith pattern):
   each complete snapshot. A user's window lives in the user's state (``UserState.recent_*``), so the
   worker computes the user's vector with the newest weights it has; nothing per-user crosses workers.
 
+The trainer also learns the next-item ranker (``models/ranker.py``: successor counts and popularity
+over all users, the same counting that ``evaluate`` runs as its ``default``) and publishes it in the same
+snapshot, with every catalogue item's text embedding, so every worker recommends from one global ranker.
+Counting is exact, so the ranker a worker serves is the one ``evaluate`` would have after the events the
+snapshot learned; the user's own recent items (the query) come from the worker's user state, fresh.
+
 How stale a worker's copy is: at most ``model_sync_s`` plus the trainer's lag behind the input plus the
 time to publish and read a snapshot (17 MB: well under a second on one machine). ``evaluate`` measures
 what a sync interval costs in Recall@10 (the ``sequence: synced every N events`` rows).
@@ -41,8 +47,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.config import InterestConfig
 from models.events import Event, InvalidEvent, Item, event_order, resolve_item
 from models.interest import UserState
+from models.ranker import NextItemRanker, RecentItems
 from models.sequence import SequenceModel, Step
 from streams.topics import decode_event
 
@@ -51,6 +59,21 @@ log = logging.getLogger("interest_stream.model_sync")
 CHUNK_BYTES = 900 * 1024  # under the broker's default 1 MiB record limit, with room for the header
 _CHUNK_HEADER = struct.Struct("<QII")  # snapshot id, chunks, index
 MANIFEST_KEY = b"manifest"
+_BUNDLE_MAGIC = b"IBND1"  # a snapshot holding the sequential model and the ranker
+
+
+def bundle(sequence: bytes, ranker: bytes) -> bytes:
+    """One snapshot of both global models (the trainer publishes them together)."""
+    return _BUNDLE_MAGIC + struct.pack("<Q", len(sequence)) + sequence + ranker
+
+
+def unbundle(raw: bytes) -> tuple[bytes, bytes | None]:
+    """(sequential model, ranker or None): a snapshot from before the ranker holds the model alone."""
+    if raw[: len(_BUNDLE_MAGIC)] != _BUNDLE_MAGIC:
+        return raw, None
+    (n,) = struct.unpack_from("<Q", raw, len(_BUNDLE_MAGIC))
+    start = len(_BUNDLE_MAGIC) + 8
+    return raw[start : start + n], raw[start + n :]
 
 
 def snapshot_records(raw: bytes, snapshot_id: int, learned_events: int) -> Iterator[tuple[bytes, bytes]]:
@@ -97,12 +120,16 @@ class SnapshotAssembler:
 
 
 class ServedModel:
-    """A worker's copy of the sequential model: the newest snapshot from the topic, and the user vectors
-    it gives the users a batch touched."""
+    """A worker's copy of the global models: the newest snapshot from the topic, the user vectors it
+    gives the users a batch touched, and their recommendations."""
 
-    def __init__(self, bootstrap: str, topic: str, max_text_items: int = 100_000) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, max_text_items: int = 100_000, config: InterestConfig | None = None
+    ) -> None:
         self.bootstrap, self.topic = bootstrap, topic
+        self.config = config or InterestConfig()
         self.model: SequenceModel | None = None
+        self.ranker: NextItemRanker | None = None
         self.manifest: dict | None = None
         self.assembler = SnapshotAssembler()
         self.loads = 0
@@ -119,13 +146,16 @@ class ServedModel:
         if raw is None:
             return
         try:
-            model = SequenceModel.from_bytes(raw)
-        except (ValueError, KeyError, RuntimeError) as exc:
+            sequence, ranker = unbundle(raw)
+            model = SequenceModel.from_bytes(sequence)
+            ranked = None if ranker is None else NextItemRanker.from_bytes(ranker, self.config)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
             log.error("cannot load model snapshot: %s", exc)
             return
-        self.model, self.manifest = model, self.assembler.manifest
+        self.model, self.ranker, self.manifest = model, ranked, self.assembler.manifest
         self.loads += 1
-        log.info("sequence model snapshot %s loaded (learned %d events)", self.version, model.learned_events)
+        log.info("model snapshot %s loaded (learned %d events; ranker: %s items)", self.version,
+                 model.learned_events, "no" if ranked is None else ranked.n_items)  # fmt: skip
 
     @property
     def version(self) -> int | None:
@@ -186,6 +216,13 @@ class ServedModel:
             vectors = model.user_vectors_of(windows)
         return dict(zip(users, vectors, strict=True))
 
+    def recommend(self, state: UserState, k: int) -> list[tuple[str, float]] | None:
+        """The ranker's top ``k`` for this user (its recent items are the query and are left out), exactly
+        as ``evaluate``'s default model ranks; None while no snapshot with a ranker is loaded."""
+        if self.ranker is None or k <= 0:
+            return None
+        return self.ranker.recommend(state.recent_items, state.embedding(), k, exclude=state.recent_items)
+
 
 def _partitions(settings) -> dict[str, list[int]]:  # noqa: ANN001
     """The event topics' partitions, once they exist (created by ``ensure_topics`` or a producer)."""
@@ -209,6 +246,8 @@ class Trainer:
         self.settings, self.core, self.catalog = settings, core, catalog
         self.checkpoint = checkpoint_dir / "trainer-checkpoint.pt"
         self.model = SequenceModel(core.dim)
+        self.ranker = NextItemRanker(core.config, core.dim)
+        self.recent = RecentItems(core.config.history_len)
         self.snapshot_id = 0
         self.skipped = 0
         self.positions: dict[tuple[str, int], int] = {}  # input read up to here, as checkpointed
@@ -222,6 +261,15 @@ class Trainer:
         self.model.restore_histories(saved["histories"])
         self.snapshot_id = saved["snapshot_id"]
         self.positions = saved["positions"]
+        if "ranker" in saved:
+            self.ranker = NextItemRanker.from_bytes(saved["ranker"], self.core.config)
+            self.recent.of = {u: [tuple(e) for e in h] for u, h in saved["recent"].items()}
+        else:
+            log.warning(
+                "the trainer's checkpoint has no next-item ranker (written before it had one): the "
+                "ranker counts from here on; delete %s to learn everything again",
+                self.checkpoint,
+            )
         log.info("trainer resumed from its checkpoint: snapshot %d, %d events learned", self.snapshot_id,
                  self.model.learned_events)  # fmt: skip
 
@@ -229,7 +277,8 @@ class Trainer:
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save({"weights": self.model.to_bytes(), "optimizer": self.model.opt.state_dict(),
                     "histories": self.model.dump_histories(), "snapshot_id": self.snapshot_id,
-                    "positions": self.positions}, tmp)  # fmt: skip
+                    "positions": self.positions, "ranker": self.ranker.to_bytes(),
+                    "recent": self.recent.of}, tmp)  # fmt: skip
         tmp.replace(self.checkpoint)
 
     def decode(
@@ -248,18 +297,34 @@ class Trainer:
         pairs.sort(key=lambda p: event_order(p[0]))
         embeddings = self.core.embed([item for _, item in pairs])
         self.model.add_items([(e.item_id, embeddings[i.encoder_text]) for e, i in pairs])
+        for event, item in pairs:  # the ranker's query: the user's items before this event
+            self.ranker.learn(self.recent.items(event.user_id), event.item_id, embeddings[item.encoder_text])
+            self.recent.add(event.user_id, event.ts, event.item_id)
         self.model.learn(pairs)
+
+    def add_catalogue(self) -> int:
+        """Make every catalogue item rankable (by its text) before anyone acted on it, as ``evaluate``
+        does; returns how many were added (their texts go through the embedding cache)."""
+        new = [(i, item) for i, item in self.catalog.items() if i not in self.ranker.index]
+        for start in range(0, len(new), 256):
+            chunk = new[start : start + 256]
+            embeddings = self.core.embed([item for _, item in chunk])
+            self.ranker.add_items((i, embeddings[item.encoder_text]) for i, item in chunk)
+        return len(new)
 
     async def publish(self, producer, consumer) -> None:  # noqa: ANN001 - aiokafka clients
         """Checkpoint, publish, commit: in that order, so the checkpoint (weights *and* the input
         positions they have learned up to) is what a restart resumes from, and the committed offsets
         only show the trainer's lag."""
+        added = await asyncio.get_running_loop().run_in_executor(None, self.add_catalogue)
+        if added:
+            log.info("ranker: %d catalogue items added (%d in all)", added, self.ranker.n_items)
         self.snapshot_id += 1
         self.positions = {
             (tp.topic, tp.partition): await consumer.position(tp) for tp in consumer.assignment()
         }
         self._save()
-        raw = self.model.to_bytes()
+        raw = bundle(self.model.to_bytes(), self.ranker.to_bytes())
         sends = [await producer.send(self.settings.model_topic, key=k, value=v)
                  for k, v in snapshot_records(raw, self.snapshot_id, self.model.learned_events)]  # fmt: skip
         await asyncio.gather(*sends)

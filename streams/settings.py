@@ -42,6 +42,9 @@ class Settings:
     model_sync_s: float = 30.0
     """The trainer publishes a snapshot of the sequential model every this many seconds (while it learns);
     workers load each one as it arrives."""
+    recommendations_k: int = 10
+    """Items in each update's ``recommendations`` (the next-item ranker of the trainer's newest snapshot,
+    the user's remembered items left out); 0 leaves them out of the updates."""
     partitions: int = 4
     max_batch: int = 256
     max_wait_s: float = 0.5
@@ -137,6 +140,8 @@ class Settings:
             raise ValueError("partitions and max_batch must be >= 1 and max_wait_s > 0")
         if self.session_timeout_s < 6 or self.max_future_s < 0 or self.max_fetch_bytes < 1024**2:
             raise ValueError("session_timeout_s must be >= 6, max_future_s >= 0, max_fetch_bytes >= 1 MiB")
+        if not 0 <= self.recommendations_k <= 100:
+            raise ValueError("recommendations_k must be within 0..100")
         if self.model_sync_s <= 0:
             raise ValueError("model_sync_s must be > 0")
         if self.encoder_backend not in BACKENDS:

@@ -3,10 +3,12 @@ snapshots; a worker loads them and gives each update the user vector of the newe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +190,72 @@ def test_trainer_and_worker_share_one_model_through_the_broker(kafka_bootstrap, 
                   for k, (ts, i, t) in enumerate(mine)]  # fmt: skip
         expected = model.user_vectors_of([window])[0]
         np.testing.assert_allclose(final["sequence"]["vector"], expected, atol=2e-4)
+
+
+def _fake_vectors(items, dim: int = 8) -> dict[str, np.ndarray]:
+    out = {}
+    for item in items:
+        v = np.random.default_rng(zlib.crc32(item.encoder_text.encode())).normal(size=dim).astype(np.float32)
+        out[item.encoder_text] = v / np.linalg.norm(v)
+    return out
+
+
+def _same_top(got: list[tuple[str, float]], scores: dict[str, float], k: int) -> None:
+    """``got`` is a top ``k`` of ``scores``: the same scores in order, the same items up to exact ties."""
+    ranked = sorted(scores.values(), reverse=True)[:k]
+    np.testing.assert_allclose([s for _, s in got], ranked, rtol=1e-9)
+    for item, score in got:
+        assert scores[item] == pytest.approx(score, rel=1e-9)
+    assert len({i for i, _ in got}) == k
+
+
+def test_the_trainers_ranker_is_evaluates_default_ranker_and_a_worker_serves_it(tmp_path):
+    """What the trainer counts from a stream in event-time order is the ranker ``evaluate`` builds as its
+    ``default`` model, and a worker serving the snapshot recommends what that model ranks."""
+    from types import SimpleNamespace
+
+    from evaluation.data import load_movielens
+    from evaluation.scorers import CoreModel
+    from models.config import InterestConfig
+    from models.core import InterestCore
+
+    log = load_movielens(REPO / "data" / "ml-latest-small")
+    events = log.events[:1500]
+    catalogue = {e.item_id: item for e, item in log.events}
+    vectors = _fake_vectors(catalogue.values())
+    core = InterestCore(InterestConfig(), SimpleNamespace(dim=8, name="fake"))
+    reference = CoreModel("default", core, list(catalogue), np.stack([vectors[i.encoder_text] for i in
+                          catalogue.values()]), vectors)  # fmt: skip
+    embed = lambda items: {i.encoder_text: vectors[i.encoder_text] for i in items}  # noqa: E731
+    fake_core = SimpleNamespace(dim=8, config=core.config, embed=embed)
+    catalog = SimpleNamespace(get=catalogue.get, items=lambda: iter(catalogue.items()))
+    trainer = model_sync.Trainer(Settings.load({}), fake_core, catalog, tmp_path)
+    trainer.model.config = dataclasses.replace(trainer.model.config, steps=0)  # the ranker is under test
+    for start in range(0, len(events), 256):
+        batch = events[start : start + 256]
+        reference.learn(batch)
+        trainer.learn(list(batch))
+    assert trainer.add_catalogue() == len(catalogue) - len({e.item_id for e, _ in events})
+    ours, theirs = trainer.ranker, reference.ranker
+    assert sorted(ours.ids) == sorted(theirs.ids)
+    for item in theirs.ids:
+        i, j = ours.index[item], theirs.index[item]
+        assert ours._pop[i] == theirs._pop[j] and ours._out[i] == pytest.approx(theirs._out[j], rel=1e-12)
+        assert {ours.ids[c]: w for c, w in ours.successors[i].items()} == pytest.approx(
+            {theirs.ids[c]: w for c, w in theirs.successors[j].items()}, rel=1e-12)  # fmt: skip
+
+    served = ServedModel("unused:9092", "interest-model", config=core.config)
+    raw = model_sync.bundle(trainer.model.to_bytes(), ours.to_bytes())
+    for key, value in snapshot_records(raw, 1, trainer.model.learned_events):
+        served._apply(key, value)
+    assert served.ranker is not None and served.ranker.n_items == len(catalogue)
+    checked = 0
+    for user, state in reference.states.items():
+        if len(state.recent_items) >= 50:  # the worker leaves out the 50 items a state keeps; evaluate all
+            continue
+        got = served.recommend(state, 10)
+        scores = reference.scores(user)
+        seen = {e.item_id for e, _ in events if e.user_id == user}
+        _same_top(got, {i: float(s) for i, s in zip(catalogue, scores, strict=True) if i not in seen}, 10)
+        checked += 1
+    assert checked >= 10
