@@ -453,6 +453,15 @@ def lag() -> int:
     return ledger.lag({tp: _highwater(tp) for tp in ledger.partitions()})
 
 
+def owned_partitions() -> list[int]:
+    """The input partitions (so the users) this worker owns now."""
+    try:
+        actives = app.assignor.assigned_actives()
+    except Exception:  # noqa: BLE001 - before the first assignment
+        return []
+    return sorted({tp.partition for tp in actives if tp.topic in settings.event_topics})
+
+
 def health() -> dict:
     """What ``/ready`` and the periodic log line report."""
     behind = lag()
@@ -462,6 +471,7 @@ def health() -> dict:
         "ready": catalog.caught_up() and _core is not None and not stalled,
         "catalog_loaded": catalog.caught_up(),
         "partitions": len(ledger.partitions()),
+        "owned_partitions": owned_partitions(),
         "lag": behind,
         "stalled": stalled,
         "seconds_since_progress": round(idle_s, 1),
@@ -528,3 +538,7 @@ async def report() -> None:
     if state["stalled"]:
         log.warning("consumer stalled: %d records behind and nothing done for %.0fs",
                     state["lag"], state["seconds_since_progress"])  # fmt: skip
+
+
+# Last: the query API's pages use the catalog, the served model and the tables defined above.
+from streams import api  # noqa: E402,F401

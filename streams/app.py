@@ -87,4 +87,4 @@ def durable_table(name: str) -> DurableTable:
 user_states = durable_table("user-state")
 heads = durable_table("heads")
 
-from streams import agents  # noqa: E402,F401  (registers the agent with the app)
+from streams import agents  # noqa: E402,F401  (registers the agent and the query API with the app)

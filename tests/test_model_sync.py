@@ -153,7 +153,7 @@ def test_trainer_and_worker_share_one_model_through_the_broker(kafka_bootstrap, 
         wait_for(lambda: learned() == 2 * quarter, 180, "learning on after a kill -9", trainer_log)
         stop_worker(trainer)  # the model is final from here on: the worker's vectors are checkable
         worker = start_worker(env, worker_log)
-        wait_for(lambda: "sequence model snapshot" in worker_log.read_text(errors="replace"), 120,
+        wait_for(lambda: "model snapshot" in worker_log.read_text(errors="replace"), 120,
                  "the worker to load the snapshot", worker_log)  # fmt: skip
         send(records[2 * quarter :])
         counts: dict[str, int] = {}
