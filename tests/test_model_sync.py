@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from test_integration import Collector, start_worker, wait_for, worker_env
 
 from models.events import item_to_json
+from models.ranker import NextItemRanker
 from models.sequence import SequenceModel
 from models.sources import movielens_events, movielens_items
 from streams import model_sync
@@ -50,7 +51,7 @@ def test_the_trainer_skips_what_the_workers_dead_letter(tmp_path):
 
     settings = Settings.load({})
     catalog = SimpleNamespace(get=lambda item_id: Item(f"title {item_id}", categories=("c",)))
-    trainer = model_sync.Trainer(settings, SimpleNamespace(dim=8), catalog, tmp_path)
+    trainer = model_sync.Trainer(settings, SimpleNamespace(dim=8, config=settings.model), catalog, tmp_path)
     topic = next(iter(settings.event_topics))
     home = partition_for(b"u1", settings.partitions)
 
@@ -174,7 +175,15 @@ def test_trainer_and_worker_share_one_model_through_the_broker(kafka_bootstrap, 
 
     manifest, raw = model_snapshots(kafka_bootstrap, settings.model_topic)[-1]
     assert manifest["learned_events"] == 2 * quarter
-    model = SequenceModel.from_bytes(raw)
+    sequence, ranked = model_sync.unbundle(raw)
+    model = SequenceModel.from_bytes(sequence)
+    # The ranker came through the kill -9 exactly too: every event counted once.
+    ranker = NextItemRanker.from_bytes(ranked, settings.model)
+    learned_items: dict[str, int] = {}
+    for _, e in records[: 2 * quarter]:
+        learned_items[e["item_id"]] = learned_items.get(e["item_id"], 0) + 1
+    assert {i: int(ranker._pop[ranker.index[i]]) for i in learned_items} == learned_items
+    assert ranker._pop[: ranker.n_items].sum() == 2 * quarter
     # The last update of each user who acted after the worker had the snapshot carries the snapshot's
     # vector for the user's window (last 50 events by time, then item id), text from the real encoder (the
     # worker holds it as float16).
@@ -183,6 +192,7 @@ def test_trainer_and_worker_share_one_model_through_the_broker(kafka_bootstrap, 
     for user in late:
         final = collector.updates[user][-1]
         assert final["sequence"]["model"] == manifest["id"]
+        assert len(final["recommendations"]) == settings.recommendations_k
         assert final["sequence"]["learned_events"] == manifest["learned_events"]
         mine = sorted((e["ts"], e["item_id"], t) for t, e in records if e["user_id"] == user)[-50:]
         texts = encoder.encode([items[i].encoder_text for _, i, _ in mine])
