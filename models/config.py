@@ -73,6 +73,14 @@ class InterestConfig:
     """Weight of cos(user interest vector, item text) next to the (max-normalised) sequence score."""
     popularity_weight: float = 0.05
     """Weight of log-popularity (normalised to [0, 1]): the prior for users and items with no sequence."""
+    text_candidates: int = 0
+    """0: a query scores every item (its cost grows with the catalogue). N > 0: a query scores only
+    candidates: the recent items' successors, the N items nearest to the interest vector (HNSW index)
+    and the ``popular_candidates`` most popular items, so its cost does not grow with the catalogue."""
+    popular_candidates: int = 100
+    successors_kept: int = 0
+    """0: every successor count is kept. N > 0: an item's successors are pruned to its N largest counts
+    whenever it has 2N, so the ranker's memory is at most 2N pairs per item."""
 
     def weight(self, event_type: str) -> float:
         return self.weights[event_type]
@@ -96,5 +104,7 @@ class InterestConfig:
             raise ValueError("sequence_len must be within 0..10000")
         if self.history_len < 1 or self.transition_window < 1:
             raise ValueError("history_len and transition_window must be >= 1")
+        if min(self.text_candidates, self.successors_kept) < 0 or self.popular_candidates < 1:
+            raise ValueError("text_candidates and successors_kept must be >= 0, popular_candidates >= 1")
         if self.transition_window > self.history_len:
             raise ValueError("transition_window cannot exceed history_len (the state keeps only that many)")

@@ -42,6 +42,10 @@ class NextItemRanker:
         self._pop = np.zeros(0, np.float64)
         self.successors: list[dict[int, float]] = []
         self._out = np.zeros(0, np.float64)
+        self._pop_max = 0.0
+        self._learned = 0  # events learned: the popular candidates are recomputed after new ones
+        self._popular: tuple[int, np.ndarray] | None = None
+        self.text_index: TextIndex | None = None
 
     @property
     def n_items(self) -> int:
@@ -75,32 +79,54 @@ class NextItemRanker:
         cfg = self.config
         j = self.add_item(item_id, embedding)
         self._pop[j] += 1.0
+        self._pop_max = max(self._pop_max, self._pop[j])
+        self._learned += 1
         recent = history[-cfg.transition_window :]
         for d, prev in enumerate(reversed(recent), start=1):
             i = self.index.get(prev)
             if i is None or i == j:
                 continue
             w = cfg.transition_decay ** (d - 1)
-            row = self.successors[i]
-            row[j] = row.get(j, 0.0) + w
-            self._out[i] += w
+            self._count(i, j, w)
             if cfg.transition_backward:
-                back = self.successors[j]
-                back[i] = back.get(i, 0.0) + cfg.transition_backward * w
-                self._out[j] += cfg.transition_backward * w
+                self._count(j, i, cfg.transition_backward * w)
+
+    def _count(self, i: int, j: int, w: float) -> None:
+        row = self.successors[i]
+        row[j] = row.get(j, 0.0) + w
+        self._out[i] += w
+        kept = self.config.successors_kept
+        if kept and len(row) >= 2 * kept:
+            # Keep the ``kept`` largest counts (ties: the lower index). ``_out`` keeps the pruned weight,
+            # so what is kept scores exactly as before.
+            top = sorted(row.items(), key=lambda e: (-e[1], e[0]))[:kept]
+            self.successors[i] = dict(top)
 
     # -- scoring ---------------------------------------------------------------------------------
-    def sequence_scores(self, history: Sequence[str]) -> np.ndarray:
+    def _sequence(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """seq(j) of every item with seq(j) > 0 (the successors of the user's recent items): indices,
+        values. Accumulated row by row, newest item first, so any candidate set gets the same floats."""
         cfg = self.config
-        seq = np.zeros(self.n_items, np.float64)
+        idx, val = [], []
         for k, prev in enumerate(reversed(history[-cfg.history_len :])):
             i = self.index.get(prev)
             if i is None or not self.successors[i]:
                 continue
             row = self.successors[i]
-            idx = np.fromiter(row.keys(), np.int64, len(row))
-            val = np.fromiter(row.values(), np.float64, len(row))
-            seq[idx] += (cfg.history_decay**k / (self._out[i] + 1.0) ** cfg.degree_power) * val
+            idx.append(np.fromiter(row.keys(), np.int64, len(row)))
+            val.append((cfg.history_decay**k / (self._out[i] + 1.0) ** cfg.degree_power)
+                       * np.fromiter(row.values(), np.float64, len(row)))  # fmt: skip
+        if not idx:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        items, where = np.unique(np.concatenate(idx), return_inverse=True)
+        seq = np.zeros(len(items), np.float64)
+        np.add.at(seq, where, np.concatenate(val))
+        return items, seq
+
+    def sequence_scores(self, history: Sequence[str]) -> np.ndarray:
+        seq = np.zeros(self.n_items, np.float64)
+        items, values = self._sequence(history)
+        seq[items] = values
         return seq
 
     def text_scores(self, interest: np.ndarray) -> np.ndarray:
@@ -111,31 +137,89 @@ class NextItemRanker:
         top = pop.max() if len(pop) else 0.0
         return pop / top if top > 0 else pop
 
-    def scores(self, history: Sequence[str], interest: np.ndarray | None) -> np.ndarray:
-        """Scores of every known item, in ``self.ids`` order (higher = more likely next)."""
+    def _score(
+        self, items: np.ndarray, seq: np.ndarray, seq_top: float, interest: np.ndarray | None
+    ) -> np.ndarray:
+        """The mixed score of ``items`` (``seq``: their sequence scores, ``seq_top``: the largest of all)."""
         cfg = self.config
-        seq = self.sequence_scores(history)
-        top = seq.max() if len(seq) else 0.0
-        total = cfg.sequence_weight * (seq / top if top > 0 else seq)
+        total = cfg.sequence_weight * (seq / seq_top if seq_top > 0 else seq)
         if cfg.text_weight and interest is not None and np.any(interest):
-            total += cfg.text_weight * self.text_scores(interest)
+            total += cfg.text_weight * (self._emb[items] @ interest.astype(np.float32))
         if cfg.popularity_weight:
-            total += cfg.popularity_weight * self.popularity_scores()
+            top = np.log1p(self._pop_max)
+            pop = np.log1p(self._pop[items])
+            total += cfg.popularity_weight * (pop / top if top > 0 else pop)
         return total
+
+    def candidates(
+        self, history: Sequence[str], interest: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(item indices, their scores). Unbounded (``text_candidates`` = 0): every item. Bounded: only
+        the items that can score well, so a query costs the same whatever the catalogue's size: the
+        successors of the recent items (every item with sequence score), the ``text_candidates`` nearest
+        items to the interest vector (an HNSW index), and the ``popular_candidates`` most popular."""
+        cfg = self.config
+        seq_items, seq = self._sequence(history)
+        seq_top = float(seq.max()) if len(seq) else 0.0
+        if not cfg.text_candidates:
+            full = np.zeros(self.n_items, np.float64)
+            full[seq_items] = seq
+            items = np.arange(self.n_items)
+            return items, self._score(items, full, seq_top, interest)
+        parts = [seq_items, self._most_popular()]
+        if cfg.text_weight and interest is not None and np.any(interest):
+            parts.append(self._text_index().search(interest, cfg.text_candidates))
+        items = np.unique(np.concatenate(parts))
+        full = np.zeros(len(items), np.float64)
+        full[np.searchsorted(items, seq_items)] = seq
+        return items, self._score(items, full, seq_top, interest)
+
+    def scores(self, history: Sequence[str], interest: np.ndarray | None) -> np.ndarray:
+        """Scores of every known item, in ``self.ids`` order (higher = more likely next); items a
+        bounded ranker does not consider score -inf."""
+        items, values = self.candidates(history, interest)
+        if len(items) == self.n_items:
+            return values
+        out = np.full(self.n_items, -np.inf)
+        out[items] = values
+        return out
 
     def recommend(
         self, history: Sequence[str], interest: np.ndarray | None, k: int, exclude: Iterable[str] = ()
     ) -> list[tuple[str, float]]:
         """The top ``k`` items (id, score), leaving out ``exclude`` (e.g. what the user already has)."""
-        s = self.scores(history, interest)
-        for item_id in exclude:
-            idx = self.index.get(item_id)
-            if idx is not None:
-                s[idx] = -np.inf
+        items, s = self.candidates(history, interest)
+        excluded = np.fromiter((self.index.get(i, -1) for i in exclude), np.int64)
+        s[np.isin(items, excluded)] = -np.inf
         k = min(k, int(np.isfinite(s).sum()))
         top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, np.int64)
-        top = top[np.argsort(-s[top], kind="stable")]
-        return [(self.ids[i], float(s[i])) for i in top]
+        top = top[np.lexsort((items[top], -s[top]))]  # by score, ties by item index
+        return [(self.ids[items[i]], float(s[i])) for i in top]
+
+    def _most_popular(self) -> np.ndarray:
+        """The ``popular_candidates`` most acted-on items, recomputed only after new events."""
+        if self._popular is None or self._popular[0] != self._learned:
+            n, k = self.n_items, min(self.config.popular_candidates, self.n_items)
+            top = np.argpartition(-self._pop[:n], k - 1)[:k] if k else np.zeros(0, np.int64)
+            self._popular = (self._learned, np.sort(top))
+        return self._popular[1]
+
+    def _text_index(self) -> TextIndex:
+        if self.text_index is None:
+            self.text_index = TextIndex(self.dim)
+        self.text_index.sync(self._emb, self.n_items)
+        return self.text_index
+
+    def adopt_index(self, previous: NextItemRanker | None) -> None:
+        """Take over ``previous``'s text index when this ranker extends its items (a newer snapshot of the
+        same trainer: items only join, at the end), so a worker does not rebuild it at every snapshot."""
+        old = previous.text_index if previous is not None else None
+        if old is None or old.size > self.n_items or old.dim != self.dim:
+            return
+        n = old.size
+        if n and (self.ids[n - 1] != previous.ids[n - 1] or self.ids[0] != previous.ids[0]):
+            return
+        self.text_index = old
 
     def because(self, history: Sequence[str], item_id: str, n: int = 3) -> list[str]:
         """The user's recent items that put ``item_id`` in their recommendations: those whose successor
@@ -175,6 +259,7 @@ class NextItemRanker:
             ranker.ids = [str(i) for i in z["ids"]]
             ranker.index = {item: k for k, item in enumerate(ranker.ids)}
             ranker._emb, ranker._pop, ranker._out = emb.astype(np.float32), z["pop"].copy(), z["out"].copy()
+            ranker._pop_max = float(ranker._pop.max()) if len(ranker._pop) else 0.0
             indptr, cols, vals = z["indptr"], z["cols"].tolist(), z["vals"].tolist()
         ranker.successors = [dict(zip(cols[a:b], vals[a:b], strict=True))
                              for a, b in zip(indptr[:-1], indptr[1:], strict=True)]  # fmt: skip
@@ -196,3 +281,38 @@ class RecentItems:
         kept = self.of.setdefault(user, [])
         bisect.insort_right(kept, (ts, item_id))
         del kept[: -self.history_len]
+
+
+class TextIndex:
+    """Nearest items by text (inner product of unit vectors): an HNSW graph (hnswlib, chosen by
+    ``benchmarks/ann.py``), extended as items join. One build thread and a fixed seed, so the same items
+    give the same graph (evaluations repeat exactly)."""
+
+    def __init__(
+        self, dim: int, connections: int = 16, build_expansion: int = 128, search_expansion: int = 128
+    ):
+        import hnswlib
+
+        self.dim, self.size = dim, 0
+        self.search_expansion = search_expansion
+        self._index = hnswlib.Index(space="ip", dim=dim)
+        self._index.init_index(
+            max_elements=1024, ef_construction=build_expansion, M=connections, random_seed=0
+        )
+        self._index.set_num_threads(1)
+
+    def sync(self, emb: np.ndarray, n: int) -> None:
+        """Add rows ``size .. n`` of ``emb`` (the ranker's item matrix; rows never change)."""
+        if n <= self.size:
+            return
+        if n > self._index.get_max_elements():
+            self._index.resize_index(max(2 * self._index.get_max_elements(), n))
+        self._index.add_items(emb[self.size : n], np.arange(self.size, n))
+        self.size = n
+
+    def search(self, query: np.ndarray, k: int) -> np.ndarray:
+        k = min(k, self.size)
+        if k == 0:
+            return np.zeros(0, np.int64)
+        self._index.set_ef(max(self.search_expansion, k))
+        return self._index.knn_query(query.astype(np.float32)[None, :], k=k)[0][0].astype(np.int64)

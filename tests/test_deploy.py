@@ -55,6 +55,39 @@ def test_dockerfile_installs_the_package_and_runs_the_worker():
     for path in re.findall(r"^COPY (\S+)", text, re.M):
         assert (REPO / path).exists(), path
     assert "HF_HUB_OFFLINE=1" in text
+    assert re.search(r"^USER (?!root)\w+", text, re.M), "the worker must not run as root"
+
+
+def test_the_files_the_dockerfile_copies_build_the_package(tmp_path):
+    """``pip install .`` in the image sees only what the Dockerfile copies: build a wheel from exactly that
+    file set, so a package missing from the image fails here and not at ``docker build``."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    context = tmp_path / "app"
+    context.mkdir()
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        *sources, dest = line.split()
+        for source in sources:
+            target = context / dest / Path(source).name if dest.endswith("/") else context / dest
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO / source, target)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    out = subprocess.run([*build, "-w", str(tmp_path / "dist"), str(context)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("interest_stream-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for package in packages:
+        assert f"{package}/__init__.py" in names, package
 
 
 def test_dev_broker_cluster_id_never_reads_as_an_option(monkeypatch):

@@ -3,7 +3,7 @@ import pytest
 
 from models.config import InterestConfig
 from models.interest import UserState
-from models.ranker import NextItemRanker, RecentItems
+from models.ranker import NextItemRanker, RecentItems, TextIndex
 
 CFG = InterestConfig()
 DIM = 8
@@ -115,3 +115,56 @@ def test_because_names_the_recent_items_whose_successors_carry_a_recommendation(
     assert r.because(["a", "b"], "z") == []  # only text and popularity put z there
     top = dict(r.recommend(["a", "b"], None, 2, exclude=["a", "b"]))
     assert list(top) == ["x", "z"]
+
+
+def _learned(cfg: InterestConfig, seed: int = 3, n_items: int = 300, n: int = 4000) -> NextItemRanker:
+    rng = np.random.default_rng(seed)
+    r = NextItemRanker(cfg, DIM)
+    r.add_items((f"i{k}", unit(k)) for k in range(n_items))
+    recent = RecentItems(cfg.history_len)
+    for t in range(n):
+        user, item = f"u{rng.integers(40)}", f"i{min(int(rng.zipf(1.3)), n_items) - 1}"
+        r.learn(recent.items(user), item, unit(int(item[1:])))
+        recent.add(user, float(t), item)
+    return r
+
+
+def test_a_bounded_ranker_scores_its_candidates_exactly_and_finds_the_same_top_items():
+    unbounded = _learned(CFG)
+    everything = _learned(InterestConfig(text_candidates=300, popular_candidates=300))
+    bounded = _learned(InterestConfig(text_candidates=40, popular_candidates=20))
+    same = 0
+    for seed in range(30):
+        history = [f"i{k}" for k in np.random.default_rng(seed).integers(0, 60, 6)]
+        interest = unit(1000 + seed)
+        full = unbounded.recommend(history, interest, 10, history)
+        assert everything.recommend(history, interest, 10, history) == full  # all candidates: identical
+        items, scores = bounded.candidates(history, interest)
+        reference = unbounded.scores(history, interest)
+        np.testing.assert_allclose(scores, reference[items], rtol=1e-6)  # candidates score exactly
+        same += len({i for i, _ in bounded.recommend(history, interest, 10, history)} & {i for i, _ in full})
+    assert same / 300 >= 0.9
+
+
+def test_pruned_successors_keep_memory_bounded_and_kept_counts_exact():
+    full, pruned = _learned(CFG), _learned(InterestConfig(successors_kept=8))
+    assert max(len(row) for row in pruned.successors) < 16
+    assert max(len(row) for row in full.successors) >= 16  # the bound did something
+    for i, row in enumerate(pruned.successors):
+        for j, w in row.items():
+            assert w <= full.successors[i][j] + 1e-12  # a pruned pair may come back, counted from then on
+    np.testing.assert_array_equal(pruned._out, full._out)  # the degree term still sees every count
+
+
+def test_the_text_index_finds_the_exact_neighbours():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3000, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = TextIndex(32)
+    index.sync(emb, 1000)
+    index.sync(emb, 3000)  # grows past its first capacity
+    hits = 0
+    for q in emb[rng.integers(0, 3000, 100)] + 0.1 * rng.normal(size=(100, 32)).astype(np.float32):
+        exact = np.argsort(-(emb @ q))[:10]
+        hits += len(set(index.search(q, 10).tolist()) & set(exact.tolist()))
+    assert hits / 1000 >= 0.95
