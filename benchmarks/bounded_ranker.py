@@ -92,7 +92,7 @@ def main() -> None:
     # 2. Memory of the successor lists (tracemalloc: what learning them allocates) and query cost.
     cost = {}
     users = sorted(log.users)[:200]
-    for name in ("unbounded (before)", "candidates, 100 successors kept"):
+    for name in ("unbounded (before)", "candidates, 200 successors kept"):
         tracemalloc.start()
         ranker = learned_ranker(core, log, emb, SETTINGS[name])
         used, _ = tracemalloc.get_traced_memory()

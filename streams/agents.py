@@ -30,6 +30,7 @@ from models.core import InterestCore, InterestUpdate
 from models.events import Event, InvalidEvent, Item, resolve_item
 from models.head import PrequentialStats
 from models.interest import UserState
+from streams import metrics
 from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
 from streams.catalog import Catalog
 from streams.checkpoint import TP, OffsetLedger, Verdict
@@ -164,6 +165,7 @@ async def dead_letter(event: EventT, reason: str, message: str) -> asyncio.Futur
     sent = await dlq_topic.send(key=msg.key, value=value, headers=headers)
     unacknowledged.append(sent)
     counters.dead_lettered += 1
+    metrics.dead_letters.labels(reason).inc()
     log.warning("dead-lettered %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, message)
     return sent
 
@@ -180,6 +182,8 @@ async def resolve_all(records: Sequence[EventT]) -> list[tuple[EventT, Event, It
     waited = False
     for record in records:
         counters.events += 1
+        topic = record.message.topic
+        metrics.events_in.labels(topic, settings.event_topics.get(topic, "unknown")).inc()
         try:
             event = decode(record)
             try:
@@ -206,7 +210,8 @@ async def embed_all(core: InterestCore, items: list[Item]) -> dict[str, np.ndarr
     a text the encoder cannot take costs only its own events (``apply`` fails them: no embedding)."""
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(None, core.embed, items)
+        with metrics.encode_seconds.time():
+            return await loop.run_in_executor(None, core.embed, items)
     except Exception:  # noqa: BLE001 - isolate the failing text below
         log.exception("encoding %d texts failed; encoding them one by one", len(items))
     out: dict[str, np.ndarray] = {}
@@ -254,6 +259,7 @@ async def apply_partition(
             user_states[user_id.encode()] = state.to_bytes()
         heads[head_key] = head.to_bytes()
     counters.prequential += head.stats - scored_before
+    metrics.rolling.add(head.stats - scored_before)
     for event, why in result.failed:
         await dead_letter(source[id(event)], "internal_error", f"the core could not apply it: {why}")
     if result.rebased:
@@ -367,6 +373,14 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         await asyncio.gather(*take_unacknowledged())  # states, heads, dead letters: the broker has them
         await publish(updates)
         await asyncio.gather(*take_unacknowledged())
+        acknowledged = time.time()
+        for record, _, _ in valid:
+            if record.message.timestamp:  # ms since the epoch (the producer's, or the broker's append)
+                metrics.event_to_update_seconds.observe(
+                    max(acknowledged - record.message.timestamp / 1e3, 0.0)
+                )
+        metrics.updates_out.inc(len(updates))
+        live.note_updated([u.user_id for u in updates])
     except Rebalanced:
         take_unacknowledged()
         log.info("batch of %d records dropped: a rebalance began; their partitions' owner reads them "
@@ -395,6 +409,8 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
         return
     ledger.done(last, generation)
     counters.failing_in_a_row = 0
+    metrics.batch_size.observe(len(records))
+    metrics.note_events(counters.events)
     if counters.first_update_s is None and counters.updates:
         counters.first_update_s = time.monotonic() - counters.started
         log.info("first interest update %.2fs after the worker started", counters.first_update_s)
@@ -482,6 +498,46 @@ def health() -> dict:
     }
 
 
+def users_in_state() -> int:
+    """RocksDB's estimate of the keys in the user-state stores of the owned partitions."""
+    dbs = getattr(user_states.data, "_dbs", {})
+    total = 0
+    for partition in owned_partitions():
+        db = dbs.get(partition)
+        if db is not None:
+            with contextlib.suppress(Exception):
+                total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+    return total
+
+
+def scrape() -> dict[str, float]:
+    """The gauges of ``/metrics`` read at scrape time."""
+    values: dict[str, float] = {"interest_consumer_lag": lag(), "interest_users_in_state": users_in_state(),
+                                "interest_owned_partitions": len(owned_partitions())}  # fmt: skip
+    if _core is not None:
+        values["interest_embedding_cache_hits"] = _core.encoder.hits
+        values["interest_embedding_cache_misses"] = _core.encoder.misses
+    rates = metrics.rolling.rates()
+    if rates["n"]:
+        values["interest_prequential_hit1"], values["interest_prequential_hit5"] = (
+            rates["hit@1"],
+            rates["hit@5"],
+        )
+    manifest = served_model.manifest
+    values["interest_model_snapshot"] = served_model.version or 0
+    if manifest and "published_at" in manifest:
+        values["interest_model_snapshot_age_seconds"] = max(time.time() - manifest["published_at"], 0.0)
+    return values
+
+
+metrics.install(scrape)
+
+
+@app.page("/metrics")
+async def metrics_page(web, request):  # noqa: ANN001, ANN201 - faust's view signature
+    return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+
 @app.page("/health")
 async def health_page(web, request):  # noqa: ANN001, ANN201 - faust's view signature
     return web.json({"status": "up"})
@@ -540,5 +596,5 @@ async def report() -> None:
                     state["lag"], state["seconds_since_progress"])  # fmt: skip
 
 
-# Last: the query API's pages use the catalog, the served model and the tables defined above.
-from streams import api  # noqa: E402,F401
+# Last: the query API's and the live page's views use the catalog, the served model and the tables above.
+from streams import api, live  # noqa: E402,F401

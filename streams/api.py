@@ -138,20 +138,13 @@ async def recommendations_of(user_id: str, k: int) -> dict[str, Any]:
     if ranker is None:
         raise ApiError(503, "no model snapshot loaded yet (is the trainer running?)", user_id=user_id)
     top = served_model.recommend(state, k) or []
-    return {
-        "user_id": user_id,
-        "version": state.version,
-        "model": served_model.version,
-        "items": [
-            {
-                "item_id": i,
-                "title": title_of(i),
-                "score": round(s, 6),
-                "because": ranker.because(state.recent_items, i),
-            }
-            for i, s in top
-        ],
-    }
+    items = []
+    for item_id, score in top:
+        because = ranker.because(state.recent_items, item_id)
+        titles = [title_of(i) for i in because]
+        items.append({"item_id": item_id, "title": title_of(item_id), "score": round(score, 6),
+                      "because": because, "because_titles": titles})  # fmt: skip
+    return {"user_id": user_id, "version": state.version, "model": served_model.version, "items": items}
 
 
 async def similar_items(item_id: str, k: int) -> dict[str, Any]:

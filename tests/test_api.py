@@ -122,6 +122,7 @@ def test_any_worker_answers_for_any_user_as_the_updates_say(kafka_bootstrap, tmp
             for r in recs["items"]:
                 assert r["title"] == items[r["item_id"]].title
                 assert set(r["because"]) <= {i for _, i, _ in mine[-settings.model.history_len :]}
+                assert r["because_titles"] == [items[i].title for i in r["because"]]
 
             status, interest = get(port, f"/users/{user}/interest")
             assert status == 200, interest

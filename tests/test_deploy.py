@@ -88,6 +88,7 @@ def test_the_files_the_dockerfile_copies_build_the_package(tmp_path):
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     for package in packages:
         assert f"{package}/__init__.py" in names, package
+    assert "streams/static/live.html" in names  # the live page ships with the package
 
 
 def test_dev_broker_cluster_id_never_reads_as_an_option(monkeypatch):

@@ -6,6 +6,7 @@ from models.interest import UserState
 from models.ranker import NextItemRanker, RecentItems, TextIndex
 
 CFG = InterestConfig()
+UNBOUNDED = InterestConfig(text_candidates=0, successors_kept=0)
 DIM = 8
 
 
@@ -130,9 +131,9 @@ def _learned(cfg: InterestConfig, seed: int = 3, n_items: int = 300, n: int = 40
 
 
 def test_a_bounded_ranker_scores_its_candidates_exactly_and_finds_the_same_top_items():
-    unbounded = _learned(CFG)
-    everything = _learned(InterestConfig(text_candidates=300, popular_candidates=300))
-    bounded = _learned(InterestConfig(text_candidates=40, popular_candidates=20))
+    unbounded = _learned(UNBOUNDED)
+    everything = _learned(InterestConfig(text_candidates=300, popular_candidates=300, successors_kept=0))
+    bounded = _learned(InterestConfig(text_candidates=40, popular_candidates=20, successors_kept=0))
     same = 0
     for seed in range(30):
         history = [f"i{k}" for k in np.random.default_rng(seed).integers(0, 60, 6)]
@@ -147,7 +148,7 @@ def test_a_bounded_ranker_scores_its_candidates_exactly_and_finds_the_same_top_i
 
 
 def test_pruned_successors_keep_memory_bounded_and_kept_counts_exact():
-    full, pruned = _learned(CFG), _learned(InterestConfig(successors_kept=8))
+    full, pruned = _learned(UNBOUNDED), _learned(InterestConfig(successors_kept=8))
     assert max(len(row) for row in pruned.successors) < 16
     assert max(len(row) for row in full.successors) >= 16  # the bound did something
     for i, row in enumerate(pruned.successors):
