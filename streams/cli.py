@@ -144,13 +144,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from streams.view import consume, format_dead_letter, format_update
+    from streams.view import Titles, consume, format_dead_letter, format_update
 
     settings = _settings()
+    title = Titles(settings)
     try:
         for r in consume(settings, from_beginning=not args.latest, dlq=True, idle_timeout_s=args.idle_exit):
             if r.topic == settings.updates_topic:
-                print(json.dumps(r.value) if args.json else format_update(r.value), flush=True)
+                print(json.dumps(r.value) if args.json else format_update(r.value, title), flush=True)
             else:
                 print(format_dead_letter(r), flush=True)
     except KeyboardInterrupt:

@@ -61,13 +61,56 @@ def consume(
         consumer.close()
 
 
-def format_update(u: dict[str, Any]) -> str:
+class Titles:
+    """Item id -> title, read from the items topic (a compacted catalogue); re-read on a miss, at most
+    every ``refresh_s`` seconds, so items produced after the view started get their titles too."""
+
+    def __init__(self, settings: Settings | None, refresh_s: float = 5.0) -> None:
+        self.settings, self.refresh_s = settings, refresh_s
+        self.titles: dict[str, str] = {}
+        self._read_at = -float("inf")
+
+    def _read(self) -> None:
+        self._read_at = time.monotonic()
+        if self.settings is None:
+            return
+        s = self.settings
+        consumer = KafkaConsumer(s.items_topic, bootstrap_servers=s.broker, group_id=None,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=500)  # fmt: skip
+        try:
+            for msg in consumer:
+                if msg.key is None:
+                    continue
+                key = msg.key.decode("utf-8", "replace")
+                try:
+                    self.titles[key] = str(json.loads(msg.value)["title"]) if msg.value else key
+                except (ValueError, KeyError, TypeError):
+                    continue
+        finally:
+            consumer.close()
+
+    def __call__(self, item_id: str, width: int = 40) -> str:
+        if item_id not in self.titles and time.monotonic() - self._read_at > self.refresh_s:
+            self._read()
+        title = self.titles.get(item_id, item_id)
+        return title if len(title) <= width else title[: width - 1] + "…"
+
+
+def _no_titles(item_id: str, width: int = 40) -> str:
+    return item_id
+
+
+def format_update(u: dict[str, Any], title: Callable[..., str] = _no_titles) -> str:
     tops = ", ".join(f"{t['category']} {t['p']:.2f}" for t in u["top_interests"][:3])
     last = u["last_event"]
-    return (
+    line = (
         f"user={u['user_id']:<6} v{u['version']:<4} events={u['events_applied']:<5} "
-        f"last={last['type']}:{last['item_id']:<8} top=[{tops}]"
+        f"last={last['type']}:{title(last['item_id'])} top=[{tops}]"
     )
+    recs = u.get("recommendations")
+    if recs:
+        line += " next=[" + "; ".join(title(r["item_id"], 30) for r in recs[:3]) + "]"
+    return line
 
 
 def format_dead_letter(r: Record) -> str:
@@ -84,6 +127,7 @@ class LiveState:
     users: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     applied: dict[str, int] = field(default_factory=dict)
     last_reason: str = ""
+    title: Callable[..., str] = _no_titles
 
     def add(self, r: Record) -> None:
         if r.topic.endswith("dlq") or "dlq.reason" in r.headers:
@@ -103,13 +147,14 @@ class LiveState:
     def render(self, expected_events: int | None = None, rows: int = 15) -> Panel:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         table = Table(expand=True)
-        for col in ("user", "version", "events", "last event", "top interests (p)"):
+        for col in ("user", "version", "events", "last event", "top interests (p)", "recommended next"):
             table.add_column(col)
         for u in list(self.users.values())[-rows:][::-1]:
             last = u["last_event"]
-            tops = "  ".join(f"{t['category']} {t['p']:.2f}" for t in u["top_interests"][:4])
+            tops = "  ".join(f"{t['category']} {t['p']:.2f}" for t in u["top_interests"][:3])
+            recs = "; ".join(self.title(r["item_id"], 28) for r in (u.get("recommendations") or [])[:3])
             table.add_row(u["user_id"], str(u["version"]), str(u["events_applied"]),
-                          f"{last['type']} {last['item_id']}", tops)  # fmt: skip
+                          f"{last['type']} {self.title(last['item_id'], 32)}", tops, recs or "–")  # fmt: skip
         done = f" / {expected_events}" if expected_events else ""
         header = (
             f"users {len(self.users)}   updates {self.updates}   events applied {self.events_applied}{done}"
@@ -125,7 +170,7 @@ def live_view(
     stop: Callable[[LiveState], bool] | None = None,
     idle_timeout_s: float | None = None,
 ) -> LiveState:
-    state = LiveState()
+    state = LiveState(title=Titles(settings))
     last_render = 0.0
     with Live(state.render(expected_events), refresh_per_second=4) as live:
         for record in consume(settings, from_beginning=True, idle_timeout_s=idle_timeout_s):
