@@ -64,28 +64,42 @@ rolling = RollingPrequential()
 _rate_points: deque[tuple[float, int]] = deque(maxlen=120)  # (monotonic time, events read): the live rate
 
 
+SCRAPE_GAUGES = {
+    "interest_consumer_lag": "Input records on this worker's partitions not yet done",
+    "interest_users_in_state": "Users in this worker's state (RocksDB estimate)",
+    "interest_owned_partitions": "Input partitions this worker owns",
+    "interest_embedding_cache_hits": "Item texts served from the embedding cache since start",
+    "interest_embedding_cache_misses": "Item texts encoded since start",
+    "interest_prequential_hit1": "The head's rolling test-then-train hit@1 (last ~2,000 events)",
+    "interest_prequential_hit5": "The head's rolling test-then-train hit@5 (last ~2,000 events)",
+    "interest_model_snapshot": "Id of the model snapshot in use (0: none)",
+    "interest_model_snapshot_age_seconds": "Seconds since the snapshot in use was published",
+}
+"""Gauges read when scraped (name -> help)."""
+
+
 class _ScrapeTime(Collector):
-    """Gauges read when scraped, from the callables ``install`` is given."""
+    """The ``SCRAPE_GAUGES``, from the callable ``install`` is given."""
 
     def __init__(self, read: Callable[[], dict[str, float]]) -> None:
         self.read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         values = self.read()
-        helps = {
-            "interest_consumer_lag": "Input records on this worker's partitions not yet done",
-            "interest_users_in_state": "Users in this worker's state (RocksDB estimate)",
-            "interest_owned_partitions": "Input partitions this worker owns",
-            "interest_embedding_cache_hits": "Item texts served from the embedding cache since start",
-            "interest_embedding_cache_misses": "Item texts encoded since start",
-            "interest_prequential_hit1": "The head's rolling test-then-train hit@1 (last ~2,000 events)",
-            "interest_prequential_hit5": "The head's rolling test-then-train hit@5 (last ~2,000 events)",
-            "interest_model_snapshot": "Id of the model snapshot in use (0: none)",
-            "interest_model_snapshot_age_seconds": "Seconds since the snapshot in use was published",
-        }
-        for name, help_text in helps.items():
+        for name, help_text in SCRAPE_GAUGES.items():
             if name in values:
                 yield GaugeMetricFamily(name, help_text, value=values[name])
+
+
+def exported_names() -> set[str]:
+    """Every sample name ``/metrics`` can carry (for checking dashboards against it)."""
+    names = set(SCRAPE_GAUGES)
+    for family in registry.collect():
+        if family.name in SCRAPE_GAUGES:
+            continue
+        names |= {family.name, f"{family.name}_total", f"{family.name}_bucket", f"{family.name}_count",
+                  f"{family.name}_sum"}  # fmt: skip
+    return names
 
 
 def install(read: Callable[[], dict[str, float]]) -> None:

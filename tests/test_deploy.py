@@ -1,6 +1,7 @@
 """No Docker engine runs here, so check the deployment files against the code instead of running them."""
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -18,8 +19,8 @@ def compose() -> dict:
 
 def test_worker_environment_is_understood_by_the_settings_object():
     services = compose()["services"]
-    assert {"kafka", "topics", "worker"} <= set(services)
-    env = {k: str(v) for k, v in services["worker"]["environment"].items()}
+    assert {"kafka", "topics", "worker-1", "worker-2", "trainer", "prometheus", "grafana"} <= set(services)
+    env = {k: str(v) for k, v in services["worker-1"]["environment"].items()}
     assert all(k == "KAFKA_BOOTSTRAP_SERVERS" or k.startswith("INTEREST_") for k in env)
     settings = Settings.load(env)  # raises on an unknown or invalid setting
     for key, value in env.items():
@@ -36,7 +37,7 @@ def test_worker_environment_is_understood_by_the_settings_object():
 
 def test_topic_job_creates_what_the_worker_expects():
     services = compose()["services"]
-    env = {k: str(v) for k, v in services["worker"]["environment"].items()}
+    env = {k: str(v) for k, v in services["worker-1"]["environment"].items()}
     settings = Settings.load(env)
     script = services["topics"]["command"][0]
     created = {k: v for k, v in re.findall(r"--topic (\S+) --partitions (\d+)", script) if "$" not in k}
@@ -50,7 +51,7 @@ def test_topic_job_creates_what_the_worker_expects():
 
 def test_dockerfile_installs_the_package_and_runs_the_worker():
     text = (REPO / "deploy" / "Dockerfile").read_text()
-    assert compose()["services"]["worker"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert compose()["services"]["worker-1"]["build"]["dockerfile"] == "deploy/Dockerfile"
     assert 'ENTRYPOINT ["interest-stream"]' in text and 'CMD ["worker"]' in text
     for path in re.findall(r"^COPY (\S+)", text, re.M):
         assert (REPO / path).exists(), path
@@ -102,3 +103,26 @@ def test_dev_broker_cluster_id_never_reads_as_an_option(monkeypatch):
     cluster_id = devbroker._cluster_id()
     assert not cluster_id.startswith("-")
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_two_workers_prometheus_and_grafana_see_the_same_metrics():
+    """Each worker its own state and hostname (the query API forwards to hostname:6066); Prometheus scrapes
+    every worker; every metric the dashboard plots is one the workers export."""
+    from streams import metrics
+
+    services = compose()["services"]
+    workers = {n: s for n, s in services.items() if s.get("command") == ["worker"]}
+    assert len(workers) == 2
+    assert len({s["hostname"] for s in workers.values()}) == 2
+    assert len({tuple(s["volumes"]) for s in workers.values()}) == 2  # RocksDB state is never shared
+    prometheus = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert set(job["static_configs"][0]["targets"]) == {f"{s['hostname']}:6066" for s in workers.values()}
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "interest-stream.json").read_text())
+    used = {
+        m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"interest_\w+", t["expr"])
+    }
+    assert used and used <= metrics.exported_names(), used - metrics.exported_names()
+    assert {"interest_events_total", "interest_dead_letters_total", "interest_consumer_lag",
+            "interest_prequential_hit1", "interest_users_in_state"} <= used  # fmt: skip
