@@ -142,14 +142,20 @@ def main() -> None:
              "threads": 1, "command": "python benchmarks/ann.py"}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ann.json").write_text(json.dumps({"facts": facts, "rows": rows}, indent=1) + "\n")
+    (args.out / "ann.md").write_text(markdown(rows, facts))
+    print(markdown(rows, facts))
+
+
+def markdown(rows: list[dict], facts: dict) -> str:
     lines = [
-        "| items | library | build s | query ms | recall@10 vs exact | memory MB |",
-        "|---|---|---|---|---|---|",
+        f"`{facts['command']}` ({facts['cpus']} CPUs, one search thread)",
+        "",
+        "| items | library | search expansion | build s | query ms | recall@10 vs exact | memory MB |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['items']:,} | {r['library']} | {r['build_s']} | {r['query_ms']} | {r['recall@10']} | "
-              f"{r['memory_mb']} |" for r in rows]  # fmt: skip
-    (args.out / "ann.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += [f"| {r['items']:,} | {r['library']} | {r['ef'] or '-'} | {r['build_s']} | {r['query_ms']} | "
+              f"{r['recall@10']} | {r['memory_mb']} |" for r in rows]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

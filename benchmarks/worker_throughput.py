@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--sequence-model", action="store_true",
                     help="also run a worker serving the sequential model")  # fmt: skip
+    ap.add_argument("--recommendations", action="store_true",
+                    help="also run a worker serving the sequential model and the next-item ranker (every "
+                         "update then carries recommendations)")  # fmt: skip
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="interest-bench-"))
     broker = None
@@ -78,6 +81,7 @@ def main() -> None:
     core_rate = len(records) / core_s
     print(f"core replay, warm: {len(records)} events in {core_s:.2f} s = {core_rate:,.0f} events/s")
     expected = {u: s.events_applied for u, s in result.states.items()}
+    item_vectors = {i: core.embed([item])[item.encoder_text] for i, item in used.items()}
     cache.close()
 
     # The worker, end to end through Kafka: without the sequential model, then with a snapshot of it
@@ -94,6 +98,22 @@ def main() -> None:
         seq_rate, _ = run_worker(bootstrap, env, run, "seq", records, used, expected, work, snapshot)
         print(f"worker with the sequential model: {seq_rate:,.0f} events/s "
               f"({seq_rate / rate:.2f} of the worker without it)")  # fmt: skip
+    if args.recommendations:
+        from models.ranker import NextItemRanker, RecentItems
+        from models.sequence import SequenceModel
+        from streams.model_sync import bundle
+
+        # The ranker as the trainer would publish it after these events (every item added by its text).
+        ranker = NextItemRanker(settings.model, core.dim)
+        ranker.add_items(item_vectors.items())
+        recent = RecentItems(settings.model.history_len)
+        for _, e in sorted(records, key=lambda r: (r[1]["ts"], str(r[1]["event_id"]))):
+            ranker.learn(recent.items(e["user_id"]), e["item_id"], item_vectors[e["item_id"]])
+            recent.add(e["user_id"], float(e["ts"]), e["item_id"])
+        snapshot = bundle(SequenceModel(core.dim).to_bytes(), ranker.to_bytes())
+        rec_rate, _ = run_worker(bootstrap, env, run, "recs", records, used, expected, work, snapshot)
+        print(f"worker with the sequential model and recommendations: {rec_rate:,.0f} events/s "
+              f"({rec_rate / rate:.2f} of the worker without either)")  # fmt: skip
     if broker is not None:
         broker.stop()
 
@@ -132,13 +152,14 @@ def run_worker(bootstrap, env, run, tag, records, used, expected, work, snapshot
                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     seen: dict[str, int] = {}
     t_first = None
-    with_vector = n_updates = 0
+    with_vector = with_recs = n_updates = 0
     try:
         while len(seen) < len(expected) or any(seen[u] < n for u, n in expected.items()):
             for msg in consumer:
                 u = json.loads(msg.value)
                 seen[u["user_id"]] = u["events_applied"]
                 with_vector += "sequence" in u
+                with_recs += bool(u.get("recommendations"))
                 n_updates += 1
                 if t_first is None:
                     t_first = time.perf_counter()
@@ -149,7 +170,8 @@ def run_worker(bootstrap, env, run, tag, records, used, expected, work, snapshot
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
     if snapshot is not None:
-        print(f"  {with_vector} of {n_updates} updates carried the sequential model's user vector")
+        print(f"  {with_vector} of {n_updates} updates carried the sequential model's user vector, "
+              f"{with_recs} recommendations")  # fmt: skip
     return len(records) / (t_end - t_first), t_first - t_start
 
 

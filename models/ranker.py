@@ -196,6 +196,19 @@ class NextItemRanker:
         top = top[np.lexsort((items[top], -s[top]))]  # by score, ties by item index
         return [(self.ids[items[i]], float(s[i])) for i in top]
 
+    def similar(self, vector: np.ndarray, k: int, leave_out: Iterable[str] = ()) -> list[tuple[str, float]]:
+        """The ``k`` items nearest to ``vector`` by text (id, cosine), best first: from the HNSW index when
+        queries are bounded (``text_candidates`` > 0), by exact search otherwise."""
+        skip = {self.index[i] for i in leave_out if i in self.index}
+        if self.config.text_candidates:
+            found = self._text_index().search(vector, k + len(skip))
+        else:
+            found = np.arange(self.n_items)
+        found = found[~np.isin(found, list(skip))]
+        scores = self._emb[found] @ vector.astype(np.float32)
+        order = np.lexsort((found, -scores))[:k]
+        return [(self.ids[found[o]], float(scores[o])) for o in order]
+
     def _most_popular(self) -> np.ndarray:
         """The ``popular_candidates`` most acted-on items, recomputed only after new events."""
         if self._popular is None or self._popular[0] != self._learned:

@@ -87,6 +87,18 @@ def user_state(user_id: str) -> tuple[UserState, int]:
     return UserState.from_bytes(raw), partition
 
 
+_heads: dict[int, tuple[bytes, Any]] = {}
+
+
+def head_of(core: Any, partition: int) -> Any:
+    """The partition's head replica, parsed again only when it changed (it is a few hundred KB)."""
+    raw = read_on_partition(heads, str(partition).encode(), partition)
+    cached = _heads.get(partition)
+    if cached is None or cached[0] != raw:
+        cached = _heads[partition] = (raw, core.load_head(raw))
+    return cached[1]
+
+
 def title_of(item_id: str) -> str | None:
     item = catalog.get(item_id)
     return None if item is None else item.title
@@ -104,7 +116,7 @@ async def item_vectors(item_ids: list[str]) -> dict[str, np.ndarray]:
 async def interest_of(user_id: str) -> dict[str, Any]:
     core = await load_core()
     state, partition = user_state(user_id)
-    head = core.load_head(read_on_partition(heads, str(partition).encode(), partition))
+    head = head_of(core, partition)
     # The environment of the newest event is not kept: its time without context stands in for it.
     top = head.top_k(fuse(state, state.t_ref, {}, core.config), core.config.top_k)
     vectors = await item_vectors(state.recent_items)
@@ -154,20 +166,11 @@ async def similar_items(item_id: str, k: int) -> dict[str, Any]:
     if ranker is None or ranker.n_items == 0:
         raise ApiError(503, "no model snapshot loaded yet (is the trainer running?)", item_id=item_id)
     vector = (await item_vectors([item_id]))[item_id]
-    scores = ranker.text_scores(vector)
-    own = ranker.index.get(item_id)
-    if own is not None:
-        scores[own] = -np.inf
-    k = min(k, ranker.n_items - (own is not None))
-    top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, np.int64)
-    top = top[np.argsort(-scores[top], kind="stable")]
+    found = ranker.similar(vector, k, leave_out=[item_id])
     return {
         "item_id": item_id,
         "title": title_of(item_id),
-        "items": [
-            {"item_id": ranker.ids[j], "title": title_of(ranker.ids[j]), "score": round(float(scores[j]), 6)}
-            for j in top
-        ],  # fmt: skip
+        "items": [{"item_id": i, "title": title_of(i), "score": round(score, 6)} for i, score in found],
     }
 
 

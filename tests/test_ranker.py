@@ -169,3 +169,12 @@ def test_the_text_index_finds_the_exact_neighbours():
         exact = np.argsort(-(emb @ q))[:10]
         hits += len(set(index.search(q, 10).tolist()) & set(exact.tolist()))
     assert hits / 1000 >= 0.95
+
+
+def test_similar_items_come_from_the_index_and_match_exact_search():
+    bounded, exact = _learned(CFG), _learned(UNBOUNDED)
+    query = unit(7)
+    got, want = bounded.similar(query, 5, leave_out=["i7"]), exact.similar(query, 5, leave_out=["i7"])
+    assert [i for i, _ in got] == [i for i, _ in want]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-6)
+    assert "i7" not in {i for i, _ in got} and [s for _, s in got] == sorted((s for _, s in got), reverse=True)
