@@ -124,11 +124,14 @@ def main() -> int:
             "GET /users/{id}/recommendations?k=10": [f"/users/{u}/recommendations?k=10" for u in users],
             "GET /items/{id}/similar?k=10": [f"/items/{i}/similar?k=10" for i in item_ids],
         }
-        results = {}
+        results: dict[str, dict] = {}
         for name, ps in paths.items():
             asyncio.run(load(port, ps, 10, 2.0))  # warm-up
-            results[name] = asyncio.run(load(port, ps, args.concurrency, args.seconds))
-            print(name, json.dumps(results[name]), flush=True)
+            for concurrency in (1, args.concurrency):  # one at a time: service time; then under load
+                results.setdefault(name, {})[f"concurrency {concurrency}"] = row = asyncio.run(
+                    load(port, ps, concurrency, args.seconds)
+                )
+                print(name, concurrency, json.dumps(row), flush=True)
         trainer.terminate()
         cluster.stop_all()
     finally:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -168,7 +169,7 @@ class NextItemRanker:
             return items, self._score(items, full, seq_top, interest)
         parts = [seq_items, self._most_popular()]
         if cfg.text_weight and interest is not None and np.any(interest):
-            parts.append(self._text_index().search(interest, cfg.text_candidates))
+            parts.append(self._nearest(interest, cfg.text_candidates))
         items = np.unique(np.concatenate(parts))
         full = np.zeros(len(items), np.float64)
         full[np.searchsorted(items, seq_items)] = seq
@@ -201,7 +202,7 @@ class NextItemRanker:
         queries are bounded (``text_candidates`` > 0), by exact search otherwise."""
         skip = {self.index[i] for i in leave_out if i in self.index}
         if self.config.text_candidates:
-            found = self._text_index().search(vector, k + len(skip))
+            found = self._nearest(vector, k + len(skip))
         else:
             found = np.arange(self.n_items)
         found = found[~np.isin(found, list(skip))]
@@ -217,6 +218,16 @@ class NextItemRanker:
             self._popular = (self._learned, np.sort(top))
         return self._popular[1]
 
+    def _nearest(self, vector: np.ndarray, k: int) -> np.ndarray:
+        """Item indices nearest to ``vector`` in the text index. The index may be shared with a newer
+        snapshot's ranker that has already added its new items (``adopt_index``): those are left out."""
+        found = self._text_index().search(vector, k)
+        return found[found < self.n_items]
+
+    def prepare_index(self) -> None:
+        """Build (or extend) the text index now, e.g. in a loader thread before the ranker serves."""
+        self._text_index()
+
     def _text_index(self) -> TextIndex:
         if self.text_index is None:
             self.text_index = TextIndex(self.dim)
@@ -229,7 +240,7 @@ class NextItemRanker:
         old = previous.text_index if previous is not None else None
         if old is None or old.size > self.n_items or old.dim != self.dim:
             return
-        n = old.size
+        n = min(old.size, previous.n_items)
         if n and (self.ids[n - 1] != previous.ids[n - 1] or self.ids[0] != previous.ids[0]):
             return
         self.text_index = old
@@ -308,6 +319,8 @@ class TextIndex:
 
         self.dim, self.size = dim, 0
         self.search_expansion = search_expansion
+        # A worker extends the index of the snapshot in force from a loader thread while queries read it.
+        self._lock = threading.Lock()
         self._index = hnswlib.Index(space="ip", dim=dim)
         self._index.init_index(
             max_elements=1024, ef_construction=build_expansion, M=connections, random_seed=0
@@ -318,14 +331,16 @@ class TextIndex:
         """Add rows ``size .. n`` of ``emb`` (the ranker's item matrix; rows never change)."""
         if n <= self.size:
             return
-        if n > self._index.get_max_elements():
-            self._index.resize_index(max(2 * self._index.get_max_elements(), n))
-        self._index.add_items(emb[self.size : n], np.arange(self.size, n))
-        self.size = n
+        with self._lock:
+            if n > self._index.get_max_elements():
+                self._index.resize_index(max(2 * self._index.get_max_elements(), n))
+            self._index.add_items(emb[self.size : n], np.arange(self.size, n))
+            self.size = n
 
     def search(self, query: np.ndarray, k: int) -> np.ndarray:
         k = min(k, self.size)
         if k == 0:
             return np.zeros(0, np.int64)
-        self._index.set_ef(max(self.search_expansion, k))
-        return self._index.knn_query(query.astype(np.float32)[None, :], k=k)[0][0].astype(np.int64)
+        with self._lock:
+            self._index.set_ef(max(self.search_expansion, k))
+            return self._index.knn_query(query.astype(np.float32)[None, :], k=k)[0][0].astype(np.int64)

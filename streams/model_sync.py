@@ -35,6 +35,7 @@ trainer dying mid-publish leaves the previous snapshot in force.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -139,20 +140,59 @@ class ServedModel:
         the windows of the users in a batch mostly hold. Bounded (``max_text_items``, 77 MB at 384-d);
         an item that fell out is looked up again through the embedding cache when a window needs it."""
         self.max_text_items = max_text_items
+        self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="load-snapshot")
+        self._loading = 0  # snapshots handed to the loader and not installed yet
+        self._topic_read = False
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         self.assembler.apply(key, value)
         raw = self.assembler.take()
         if raw is None:
             return
+        manifest = self.assembler.manifest
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a tool, a test): load it here
+            self._install(self._load(raw), manifest)
+            return
+        # Off the event loop: parsing a snapshot and extending the text index take seconds with a big
+        # catalogue (the HNSW index of 100,000 items builds in ~40 s), and the loop must keep consuming
+        # and heartbeating meanwhile. One loader thread, so snapshots are installed in order.
+        self._loading += 1
+        future = loop.run_in_executor(self._loader, self._load, raw)
+        future.add_done_callback(lambda f: self._loaded(f, manifest))
+
+    def _load(self, raw: bytes) -> tuple[SequenceModel, NextItemRanker | None] | None:
         try:
             sequence, ranker = unbundle(raw)
             model = SequenceModel.from_bytes(sequence)
             ranked = None if ranker is None else NextItemRanker.from_bytes(ranker, self.config)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
             log.error("cannot load model snapshot: %s", exc)
+            return None
+        if ranked is not None and ranked.config.text_candidates:
+            ranked.adopt_index(self.ranker)  # the previous snapshot's index, extended by the new items
+            ranked.prepare_index()
+        return model, ranked
+
+    def _loaded(self, future: asyncio.Future, manifest: dict | None) -> None:
+        self._loading -= 1
+        if not future.cancelled() and future.exception() is None:
+            self._install(future.result(), manifest)
+        else:
+            log.error(
+                "loading a model snapshot failed: %r", None if future.cancelled() else future.exception()
+            )
+        if self._loading == 0 and self._topic_read:
+            self.caught_up.set()
+
+    def _install(
+        self, loaded: tuple[SequenceModel, NextItemRanker | None] | None, manifest: dict | None
+    ) -> None:
+        if loaded is None:
             return
-        self.model, self.ranker, self.manifest = model, ranked, self.assembler.manifest
+        model, ranked = loaded
+        self.model, self.ranker, self.manifest = model, ranked, manifest
         self.loads += 1
         log.info("model snapshot %s loaded (learned %d events; ranker: %s items)", self.version,
                  model.learned_events, "no" if ranked is None else ranked.n_items)  # fmt: skip
@@ -166,7 +206,9 @@ class ServedModel:
 
         async def on_round(positions: dict[int, int], ends: dict[int, int], asked: float) -> None:
             if all(positions.get(p, 0) >= e for p, e in ends.items()):
-                self.caught_up.set()
+                self._topic_read = True
+                if self._loading == 0:  # else set once the snapshot being loaded is in force
+                    self.caught_up.set()
 
         await follow_topic(self.bootstrap, self.topic, self._apply, on_round)
 

@@ -178,3 +178,19 @@ def test_similar_items_come_from_the_index_and_match_exact_search():
     assert [i for i, _ in got] == [i for i, _ in want]
     np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-6)
     assert "i7" not in {i for i, _ in got} and [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+
+
+def test_a_newer_snapshot_extends_the_index_of_the_one_in_force_which_keeps_ranking_its_own_items():
+    old = _learned(CFG, n_items=200)
+    old.prepare_index()
+    new = NextItemRanker.from_bytes(_learned(CFG, n_items=300).to_bytes(), CFG)
+    new.adopt_index(old)
+    new.prepare_index()
+    assert new.text_index is old.text_index and old.text_index.size == 300  # extended, not rebuilt
+    query = unit(250)  # nearest to an item only the new snapshot has
+    assert all(old.index[i] < 200 for i, _ in old.similar(query, 10))  # the old one never sees it
+    assert "i250" in {i for i, _ in new.similar(query, 10)}
+    other = NextItemRanker.from_bytes(_learned(CFG, seed=9, n_items=300).to_bytes(), CFG)
+    other.ids[0] = "something-else"  # not an extension of the old item list: its own index
+    other.adopt_index(old)
+    assert other.text_index is None
