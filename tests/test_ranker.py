@@ -177,7 +177,9 @@ def test_similar_items_come_from_the_index_and_match_exact_search():
     got, want = bounded.similar(query, 5, leave_out=["i7"]), exact.similar(query, 5, leave_out=["i7"])
     assert [i for i, _ in got] == [i for i, _ in want]
     np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-6)
-    assert "i7" not in {i for i, _ in got} and [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+    assert "i7" not in {i for i, _ in got} and [s for _, s in got] == sorted(
+        (s for _, s in got), reverse=True
+    )
 
 
 def test_a_newer_snapshot_extends_the_index_of_the_one_in_force_which_keeps_ranking_its_own_items():
