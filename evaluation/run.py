@@ -95,6 +95,8 @@ LOO_VARIANTS: dict[str, dict[str, Any]] = {
     "transition_window 3": {"transition_window": 3},
     "history_len 16, window 8": {"history_len": 16, "transition_window": 8},
     "text_weight 0.3": {"text_weight": 0.3},
+    # The bounded ranker (candidates, pruned successor lists) against scoring the whole catalogue.
+    "unbounded ranker (whole catalogue, every count)": {"text_candidates": 0, "successors_kept": 0},
 }
 # The online sequential model's ablations: name -> SequenceConfig changes.
 SEQUENCE_VARIANTS: dict[str, dict[str, Any]] = {
