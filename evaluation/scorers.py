@@ -263,7 +263,16 @@ class Mix:
 
     @staticmethod
     def _z(s: np.ndarray) -> np.ndarray:
-        return (s - s.mean()) / (s.std() + 1e-12)
+        """z-scores over the items the scorer ranked; an item it did not consider (-inf: outside a
+        bounded ranker's candidates) ties with its lowest, so the other part can still rank it."""
+        ranked = np.isfinite(s)
+        if not ranked.any():
+            return np.zeros(len(s))
+        values = s[ranked]
+        z = np.full(len(s), 0.0)
+        z[ranked] = (values - values.mean()) / (values.std() + 1e-12)
+        z[~ranked] = z[ranked].min()
+        return z
 
     def scores(self, user: str) -> np.ndarray:
         a, b = self._z(self.a.scores(user)), self._z(self.b.scores(user))

@@ -298,3 +298,19 @@ def test_learning_curve_ranks_each_batch_before_learning_it(tmp_path: Path):
     curve = _learning_curve(result)["item_knn"]
     # The cycles are learned as the replay goes on: early events are ranked far worse than late ones.
     assert curve[0] < 0.5 < 0.9 < curve[-1]
+
+
+def test_a_mix_ranks_items_outside_a_bounded_rankers_candidates_by_its_other_part():
+    from types import SimpleNamespace
+
+    from evaluation.scorers import Mix
+
+    bounded = SimpleNamespace(scores=lambda user: np.array([3.0, 1.0, -np.inf, -np.inf]))
+    dense = SimpleNamespace(scores=lambda user: np.array([0.0, 1.0, 2.0, 3.0]))
+    mixed = Mix("mix", bounded, dense, 0.5).scores("u")
+    assert np.isfinite(mixed).all()
+    assert mixed[3] > mixed[2]  # outside the candidates: ranked by the other part
+    assert mixed[0] > mixed[1]
+    full = SimpleNamespace(scores=lambda user: np.array([3.0, 1.0, 0.0, -1.0]))
+    z = (full.scores("u") - full.scores("u").mean()) / (full.scores("u").std() + 1e-12)
+    np.testing.assert_array_equal(Mix("m", full, full, 1.0).scores("u"), z)  # unbounded: plain z-scores
