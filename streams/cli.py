@@ -273,6 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"broker up at {info.bootstrap} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=info.bootstrap)
     env.setdefault("INTEREST_APP_ID", f"interest-demo-{int(time.time())}")
+    env.setdefault("INTEREST_MODEL_SYNC_S", "10")  # recommendations show up within seconds of the start
     os.environ.update(env)
     state_dir = Path(env.get("INTEREST_STATE_DIR", REPO_ROOT / ".state" / "demo-worker"))
     # A fresh broker each demo: drop old table state, keep the embedding cache (saves re-encoding).
@@ -292,7 +293,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             produce += ["--limit", str(args.limit)]
         producer = subprocess.Popen(produce, env=env, stdout=log, stderr=subprocess.STDOUT)
         expected = args.limit or sum(1 for _ in sources.movielens_events())
-        print(f"worker log: {log_path}; Ctrl-C stops the demo", file=sys.stderr)
+        port = env.get("INTEREST_WEB_PORT", "6066")
+        where = f"http://localhost:{port}"
+        print(f"worker log: {log_path}; live page: {where}/live; API: {where}/users/1/recommendations; "
+              "Ctrl-C stops the demo", file=sys.stderr)  # fmt: skip
         try:
             final = live_view(_settings(), expected_events=expected,
                               stop=lambda s: s.events_applied >= expected)  # fmt: skip
