@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -174,11 +175,10 @@ async def similar_items(item_id: str, k: int) -> dict[str, Any]:
     }
 
 
-async def answer(web: Any, request: Any, query: Any, *args: Any) -> Any:
-    """``query(*args, k)`` (``k`` only where the path takes one) as JSON, or its ``ApiError``."""
+async def answer(web: Any, request: Any, query: Callable[[], Awaitable[dict[str, Any]]]) -> Any:
+    """``query()``'s answer as JSON, or its ``ApiError`` (raised while building it too, e.g. a bad k)."""
     try:
-        extra = (parse_k(request),) if query is not interest_of else ()
-        return web.json(await query(*args, *extra))
+        return web.json(await query())
     except ApiError as exc:
         return web.json(exc.body, status=exc.status)
     except Exception as exc:  # noqa: BLE001 - a JSON 500 with the reason, and the traceback in the log
@@ -189,15 +189,15 @@ async def answer(web: Any, request: Any, query: Any, *args: Any) -> Any:
 @app.page("/users/{user_id}/interest")
 @app.table_route(table=user_states, match_info="user_id")
 async def get_interest(web, request, user_id):  # noqa: ANN001, ANN201 - faust's view signature
-    return await answer(web, request, interest_of, user_id)
+    return await answer(web, request, lambda: interest_of(user_id))
 
 
 @app.page("/users/{user_id}/recommendations")
 @app.table_route(table=user_states, match_info="user_id")
 async def get_recommendations(web, request, user_id):  # noqa: ANN001, ANN201
-    return await answer(web, request, recommendations_of, user_id)
+    return await answer(web, request, lambda: recommendations_of(user_id, parse_k(request)))
 
 
 @app.page("/items/{item_id}/similar")
 async def get_similar(web, request, item_id):  # noqa: ANN001, ANN201
-    return await answer(web, request, similar_items, item_id)
+    return await answer(web, request, lambda: similar_items(item_id, parse_k(request)))

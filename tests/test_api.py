@@ -17,10 +17,17 @@ import numpy as np
 import pytest
 from faults import stop_worker
 from kafka import KafkaProducer
-from test_integration import Collector, start_worker, wait_for, worker_env
+from test_integration import (
+    Collector,
+    send_events,
+    send_items,
+    start_worker,
+    wait_all_applied,
+    wait_for,
+    worker_env,
+)
 from test_model_sync import model_snapshots, start_trainer
 
-from models.events import item_to_json
 from models.ranker import NextItemRanker
 from models.sources import movielens_events, movielens_items
 from streams.model_sync import unbundle
@@ -64,19 +71,10 @@ def test_any_worker_answers_for_any_user_as_the_updates_say(kafka_bootstrap, tmp
     records = sorted(movielens_events(max_users=10), key=lambda r: (r[1]["ts"], r[1]["event_id"]))
     early, late = records[:-40], records[-40:]
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    for item_id in {e["item_id"] for _, e in records}:
-        producer.send(
-            settings.items_topic,
-            key=item_id.encode(),
-            value=json.dumps(item_to_json(items[item_id])).encode(),
-        )
+    send_items(producer, settings, items, {e["item_id"] for _, e in records})
 
     def send(batch) -> None:
-        for etype, event in batch:
-            producer.send(
-                settings.topic_for(etype), key=event["user_id"].encode(), value=json.dumps(event).encode()
-            )
-        producer.flush()
+        send_events(producer, settings, batch)
 
     def learned() -> int:
         snaps = model_snapshots(kafka_bootstrap, settings.model_topic)
@@ -97,14 +95,7 @@ def test_any_worker_answers_for_any_user_as_the_updates_say(kafka_bootstrap, tmp
         port = int(env["INTEREST_WEB_PORT"])
         wait_for(lambda: loaded(logs[1]) and ready(port), 120, "the worker to load the snapshot", logs[1])
         send(late)
-        counts: dict[str, int] = {}
-        for _, e in records:
-            counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
-        done = lambda: all(  # noqa: E731
-            collector.updates.get(u) and collector.updates[u][-1]["events_applied"] == n
-            for u, n in counts.items()
-        )
-        wait_for(done, 240, "every user's last update", logs[1])
+        counts = wait_all_applied(collector, records, 240, logs[1])
 
         ranker = NextItemRanker.from_bytes(unbundle(raw)[1], settings.model)
         answers: dict[str, tuple[dict, dict]] = {}

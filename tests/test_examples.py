@@ -16,10 +16,9 @@ import pytest
 from faults import stop_worker
 from kafka import KafkaProducer
 from test_api import get, ready
-from test_integration import Collector, start_worker, wait_for, worker_env
+from test_integration import Collector, send_events, send_items, start_worker, wait_for, worker_env
 from test_model_sync import model_snapshots, start_trainer
 
-from models.events import item_to_json
 from models.sources import movielens_events, movielens_items
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -51,16 +50,8 @@ def test_a_go_producer_feeds_the_worker_and_the_python_consumer_keeps_recommenda
     items = movielens_items()
     records = list(movielens_events(max_users=6))
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    for item_id in {e["item_id"] for _, e in records} | {"1", "2355", "3114"}:
-        producer.send(
-            settings.items_topic,
-            key=item_id.encode(),
-            value=json.dumps(item_to_json(items[item_id])).encode(),
-        )
-    for etype, event in records:
-        producer.send(
-            settings.topic_for(etype), key=event["user_id"].encode(), value=json.dumps(event).encode()
-        )
+    send_items(producer, settings, items, {e["item_id"] for _, e in records} | {"1", "2355", "3114"})
+    send_events(producer, settings, records)
     producer.close()
 
     logs = [tmp_path / "trainer.log", tmp_path / "worker.log"]

@@ -100,6 +100,33 @@ def wait_for(cond, timeout_s: float, what: str, log: Path) -> None:
     pytest.fail(f"timed out waiting for {what}\n--- worker log tail ---\n{tail}")
 
 
+def wait_all_applied(collector: Collector, records, timeout_s: float, log: Path) -> dict[str, int]:  # noqa: ANN001
+    """Wait until each user's last update has applied all of the user's ``records``; their counts."""
+    counts = dict(Counter(e["user_id"] for _, e in records))
+    done = lambda: all(  # noqa: E731
+        collector.updates.get(u) and collector.updates[u][-1]["events_applied"] == n
+        for u, n in counts.items()
+    )
+    wait_for(done, timeout_s, "every user's last update", log)
+    return counts
+
+
+def send_items(producer: KafkaProducer, settings: Settings, items: dict, item_ids) -> None:  # noqa: ANN001
+    """Put these catalogue items on the items topic (key = item id)."""
+    for item_id in item_ids:
+        value = json.dumps(item_to_json(items[item_id])).encode()
+        producer.send(settings.items_topic, key=item_id.encode(), value=value)
+
+
+def send_events(producer: KafkaProducer, settings: Settings, records) -> None:  # noqa: ANN001
+    """Send (type, event) records to their type's topic, keyed by user_id, and flush."""
+    for etype, event in records:
+        producer.send(
+            settings.topic_for(etype), key=event["user_id"].encode(), value=json.dumps(event).encode()
+        )
+    producer.flush()
+
+
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
 def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encoder, tmp_path, workers):
     """With two workers the partitions (and their state and heads) move on the restart's rebalances."""
@@ -128,19 +155,10 @@ def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encode
     assert sum(expected_applied.values()) == len(records)
 
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    for item_id in catalog_ids:
-        producer.send(
-            settings.items_topic,
-            key=item_id.encode(),
-            value=json.dumps(item_to_json(items[item_id])).encode(),
-        )
+    send_items(producer, settings, items, catalog_ids)
 
     def send(batch) -> None:
-        for etype, event in batch:
-            producer.send(
-                settings.topic_for(etype), key=event["user_id"].encode(), value=json.dumps(event).encode()
-            )
-        producer.flush()
+        send_events(producer, settings, batch)
 
     collector = Collector(settings)
     collector.start()

@@ -3,7 +3,6 @@ headless Chromium (Debian's package, driven by Playwright; no browser is downloa
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -17,10 +16,9 @@ from faults import stop_worker
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from test_api import get, ready
-from test_integration import start_worker, wait_for, worker_env
+from test_integration import send_events, send_items, start_worker, wait_for, worker_env
 from test_model_sync import model_snapshots, start_trainer
 
-from models.events import item_to_json
 from models.sources import movielens_events, movielens_items
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -70,19 +68,10 @@ def test_metrics_and_the_live_page_show_a_replay_as_it_happens(kafka_bootstrap, 
     records = sorted(movielens_events(max_users=8), key=lambda r: (r[1]["ts"], r[1]["event_id"]))
     head, tail = records[: len(records) // 2], records[len(records) // 2 :]
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    for item_id in {e["item_id"] for _, e in records}:
-        producer.send(
-            settings.items_topic,
-            key=item_id.encode(),
-            value=json.dumps(item_to_json(items[item_id])).encode(),
-        )
+    send_items(producer, settings, items, {e["item_id"] for _, e in records})
 
     def send(batch) -> None:
-        for etype, event in batch:
-            producer.send(
-                settings.topic_for(etype), key=event["user_id"].encode(), value=json.dumps(event).encode()
-            )
-        producer.flush()
+        send_events(producer, settings, batch)
 
     stop_replay = threading.Event()
 

@@ -15,9 +15,16 @@ import numpy as np
 import pytest
 from faults import stop_worker
 from kafka import KafkaConsumer, KafkaProducer
-from test_integration import Collector, start_worker, wait_for, worker_env
+from test_integration import (
+    Collector,
+    send_events,
+    send_items,
+    start_worker,
+    wait_all_applied,
+    wait_for,
+    worker_env,
+)
 
-from models.events import item_to_json
 from models.ranker import NextItemRanker
 from models.sequence import SequenceModel
 from models.sources import movielens_events, movielens_items
@@ -123,15 +130,10 @@ def test_trainer_and_worker_share_one_model_through_the_broker(kafka_bootstrap, 
     records = sorted(movielens_events(max_users=12), key=lambda r: (r[1]["ts"], r[1]["event_id"]))
     quarter = len(records) // 4
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    for item_id in {e["item_id"] for _, e in records}:
-        value = json.dumps(item_to_json(items[item_id])).encode()
-        producer.send(settings.items_topic, key=item_id.encode(), value=value)
+    send_items(producer, settings, items, {e["item_id"] for _, e in records})
 
     def send(batch) -> None:
-        for etype, event in batch:
-            key, value = event["user_id"].encode(), json.dumps(event).encode()
-            producer.send(settings.topic_for(etype), key=key, value=value)
-        producer.flush()
+        send_events(producer, settings, batch)
 
     def learned() -> int:
         snaps = model_snapshots(kafka_bootstrap, settings.model_topic)
@@ -157,14 +159,7 @@ def test_trainer_and_worker_share_one_model_through_the_broker(kafka_bootstrap, 
         wait_for(lambda: "model snapshot" in worker_log.read_text(errors="replace"), 120,
                  "the worker to load the snapshot", worker_log)  # fmt: skip
         send(records[2 * quarter :])
-        counts: dict[str, int] = {}
-        for _, e in records:
-            counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
-        done = lambda: all(  # noqa: E731
-            collector.updates.get(u) and collector.updates[u][-1]["events_applied"] == n
-            for u, n in counts.items()
-        )
-        wait_for(done, 240, "every user's last update", worker_log)
+        wait_all_applied(collector, records, 240, worker_log)
     finally:
         for proc in (trainer, worker):
             if proc is not None:
