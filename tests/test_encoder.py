@@ -1,3 +1,6 @@
+import logging
+import os
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +11,8 @@ from models import encoder as encoder_module
 from models.cache import CachedEncoder
 from models.encoder import TextEncoder
 from models.events import Item
+from models.interest import model_tag
+from models.sources import movielens_items
 
 
 def test_real_model_ranks_related_products_closer(encoder):
@@ -110,3 +115,181 @@ def test_cache_encodes_each_text_once_and_survives_reopen(encoder, tmp_path):
     assert len(counting.calls) == 2  # nothing re-encoded after the restart
     np.testing.assert_array_equal(again["x"], first["x"])
     reopened.close()
+
+
+# -- int8, half precision, padding, threads, GPU fallback ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def movielens_vectors(torch_encoder) -> dict[str, np.ndarray]:
+    """The first 1,000 MovieLens movies (by id) encoded by torch, the fp32 graph and the int8 graph."""
+    items = movielens_items()
+    texts = [items[movie].encoder_text for movie in sorted(items, key=int)[:1000]]
+    return {
+        "torch": torch_encoder.encode(texts),
+        "onnx": TextEncoder(backend="onnx").encode(texts),
+        "onnx-int8": TextEncoder(backend="onnx-int8").encode(texts),
+    }
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _nearest_neighbour_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of rows whose nearest other row (by cosine) is the same under ``a`` and ``b``."""
+    sa, sb = a @ a.T, b @ b.T
+    np.fill_diagonal(sa, -np.inf)
+    np.fill_diagonal(sb, -np.inf)
+    return float((sa.argmax(1) == sb.argmax(1)).mean())
+
+
+def test_onnx_fp32_matches_torch_on_1000_movielens_titles(movielens_vectors):
+    assert _cosines(movielens_vectors["onnx"], movielens_vectors["torch"]).min() >= 0.9999
+    assert _nearest_neighbour_agreement(movielens_vectors["onnx"], movielens_vectors["torch"]) == 1.0
+
+
+INT8_FLOORS = {"min_cosine": 0.975, "median_cosine": 0.99, "nn_agreement": 0.80}
+"""What dynamic int8 holds on the 1,000 titles (measured at batch 128: min 0.978, 1st percentile 0.987,
+median 0.993, same nearest neighbour for 83%). Below the issue's targets (min 0.99, 95%): see
+test_int8_meets_the_issue_targets."""
+
+
+def test_int8_stays_close_to_torch_on_1000_movielens_titles(movielens_vectors):
+    int8, torch = movielens_vectors["onnx-int8"], movielens_vectors["torch"]
+    cos = _cosines(int8, torch)
+    assert cos.min() >= INT8_FLOORS["min_cosine"]
+    assert np.median(cos) >= INT8_FLOORS["median_cosine"]
+    assert _nearest_neighbour_agreement(int8, torch) >= INT8_FLOORS["nn_agreement"]
+
+
+@pytest.mark.xfail(strict=True, reason="dynamic int8 (per-channel weights, per-tensor activations) reaches "
+                   "min cosine 0.978 and 83% nearest-neighbour agreement, not 0.99 and 95%")  # fmt: skip
+def test_int8_meets_the_issue_targets(movielens_vectors):
+    """Kept failing on purpose: the targets stand, and a better quantisation turns this into an XPASS.
+
+    Nearest neighbours are fragile here: for 10% of the titles the two closest others differ in cosine by
+    under 0.005, and int8 moves cosines by about that much (bf16 torch, min cosine 0.9999, already keeps
+    only 99.2%)."""
+    int8, torch = movielens_vectors["onnx-int8"], movielens_vectors["torch"]
+    assert _cosines(int8, torch).min() >= 0.99
+    assert _nearest_neighbour_agreement(int8, torch) >= 0.95
+
+
+def test_each_vector_variant_has_its_own_identity_and_cache_keys(tmp_path):
+    """int8 and half-precision vectors are close to fp32 ones, not equal: a cache or a user state written
+    by one variant must not be read by another, while torch and onnx fp32 (equal) share theirs."""
+    fp32 = TextEncoder(backend="onnx")
+    int8 = TextEncoder(backend="onnx-int8")
+    half = TextEncoder(dtype="fp16")  # a half dtype picks torch, even on the CPU
+    assert TextEncoder(backend="torch").name == fp32.name and fp32.model_hash == fp32.weights_hash
+    assert (int8.name, int8.model_hash) == (fp32.name + "+int8", fp32.weights_hash + "+int8")
+    assert (half.name, half.backend) == (fp32.name + "+fp16", "torch")
+    assert TextEncoder(backend="torch", dtype="bf16").name == fp32.name + "+bf16"
+    assert len({model_tag(e.name) for e in (fp32, int8, half)}) == 3  # states are rebased on a switch
+    assert int8.int8_path.parent == fp32.onnx_path.parent and int8.onnx_path == fp32.onnx_path
+
+    class Fixed:  # the identity of a real encoder, a constant vector per variant
+        def __init__(self, like: TextEncoder, value: float) -> None:
+            self.dim, self.model_hash, self.name, self.value = like.dim, like.model_hash, like.name, value
+
+        def encode(self, texts):
+            return np.full((len(texts), self.dim), self.value, dtype=np.float32)
+
+    cache = CachedEncoder(Fixed(fp32, 1.0), tmp_path / "cache")
+    cache.embed(["Heat (1995)"])
+    cache.close()
+    cache = CachedEncoder(Fixed(int8, 2.0), tmp_path / "cache")
+    assert cache.embed(["Heat (1995)"])["Heat (1995)"][0] == 2.0 and cache.misses == 1
+    cache.close()
+    cache = CachedEncoder(Fixed(fp32, 3.0), tmp_path / "cache")
+    assert cache.embed(["Heat (1995)"])["Heat (1995)"][0] == 1.0 and cache.hits == 1
+    cache.close()
+
+
+def test_onnx_is_fp32_only():
+    with pytest.raises(ValueError, match="torch backend"):
+        TextEncoder(backend="onnx-int8", dtype="bf16")
+    with pytest.raises(ValueError, match="dtype"):
+        TextEncoder(dtype="fp8")
+
+
+def test_an_int8_graph_too_far_from_fp32_is_refused_and_not_kept(tmp_path, monkeypatch):
+    fp32 = TextEncoder(backend="onnx").load()  # the shared fp32 graph, copied: quantising needs no torch
+    shutil.copy(fp32.onnx_path, tmp_path / fp32.onnx_path.name)
+    monkeypatch.setattr(encoder_module, "INT8_MIN_COSINE", 1.0)
+    int8 = TextEncoder(backend="onnx-int8", onnx_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="int8 graph"):
+        int8.load()
+    assert [p.name for p in tmp_path.iterdir()] == [fp32.onnx_path.name] and not int8.loaded
+
+
+def test_batches_are_cut_by_token_count_and_pad_to_their_own_longest(torch_encoder):
+    onnx = TextEncoder(backend="onnx", batch_size=4).load()
+    widths: list[int] = []
+    run = onnx._run
+
+    def spy(ids, mask):
+        assert mask.sum(1).max() == ids.shape[1]  # no batch is wider than its longest text
+        widths.append(ids.shape[1])
+        return run(ids, mask)
+
+    onnx._run = spy
+    vecs = onnx.encode(MIXED_TEXTS)
+    counts = sorted(len(ids) for ids in onnx.tokenize(MIXED_TEXTS))
+    assert widths == [max(counts[i : i + 4]) for i in range(0, len(counts), 4)]
+    np.testing.assert_allclose(vecs, torch_encoder.encode(MIXED_TEXTS), atol=1e-5)
+
+
+def test_texts_tokenised_a_chunk_ahead_come_back_in_order(monkeypatch):
+    monkeypatch.setattr(encoder_module, "CHUNK_BATCHES", 1)
+    onnx = TextEncoder(backend="onnx", batch_size=4)
+    texts = [f"{title} {n}" for n, title in enumerate(MIXED_TEXTS)]  # 27 texts: 7 chunks of <= 4
+    np.testing.assert_allclose(onnx.encode(texts), onnx.encode_ids(onnx.tokenize(texts)), atol=1e-6)
+    np.testing.assert_allclose(onnx.encode(texts)[5], onnx.encode([texts[5]])[0], atol=1e-5)
+
+
+def test_thread_counts_are_set_on_purpose(monkeypatch):
+    import onnxruntime
+    import torch
+
+    assert TextEncoder().threads == len(os.sched_getaffinity(0))
+    seen = []
+    session = onnxruntime.InferenceSession
+
+    def spy(path, options, **kwargs):
+        seen.append((options.intra_op_num_threads, options.inter_op_num_threads))
+        return session(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    TextEncoder(backend="onnx", threads=1).load()
+    assert seen == [(1, 1)]
+    before = torch.get_num_threads()
+    try:
+        TextEncoder(backend="torch", threads=1).load()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cuda_without_a_gpu_falls_back_to_the_cpu_with_one_warning(monkeypatch, caplog, torch_encoder):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also where a GPU is present
+    with caplog.at_level(logging.WARNING, logger="interest_stream.encoder"):
+        gpu = TextEncoder(device="cuda")
+        vecs = gpu.encode(MIXED_TEXTS)
+        gpu.encode(MIXED_TEXTS[:3])
+    lines = [r for r in caplog.records if r.name == "interest_stream.encoder"]
+    assert len(lines) == 1 and "CPU" in lines[0].getMessage() and lines[0].levelno == logging.WARNING
+    # on the CPU: the CPU's default backend and fp32, so the fp32 identity and vectors
+    assert (gpu.device_name, gpu.backend, gpu.dtype, gpu.name) == ("cpu", "onnx", "fp32", torch_encoder.name)
+    np.testing.assert_allclose(vecs, torch_encoder.encode(MIXED_TEXTS), atol=1e-5)
+
+
+def test_half_precision_torch_pools_in_fp32_and_stays_close(torch_encoder):
+    """The GPU path's arithmetic, run on the CPU: fp16 weights, pooling and norm in fp32."""
+    half = TextEncoder(backend="torch", dtype="fp16")
+    vecs = half.encode(MIXED_TEXTS)
+    assert vecs.dtype == np.float32 and np.isfinite(vecs).all()
+    assert _cosines(vecs, torch_encoder.encode(MIXED_TEXTS)).min() >= 0.999

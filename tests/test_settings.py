@@ -38,6 +38,10 @@ def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
         ({"INTEREST_TAU_S": "0"}, "tau_s"),
         ({"INTEREST_ENVIRONMENT_FEATURES": "maybe"}, "boolean"),
         ({"INTEREST_TRANSITION_WINDOW": "9"}, "history_len"),
+        ({"INTEREST_ENCODER_BACKEND": "tensorrt"}, "encoder_backend"),
+        ({"INTEREST_ENCODER_DTYPE": "fp8"}, "encoder_dtype"),
+        ({"INTEREST_ENCODER_DTYPE": "bf16", "INTEREST_ENCODER_BACKEND": "onnx-int8"}, "encoder_dtype"),
+        ({"INTEREST_ENCODER_THREADS": "-1"}, "encoder_threads"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(env, message):
@@ -51,3 +55,18 @@ def test_each_state_dir_is_its_own_static_group_member():
     assert a.group_instance_id != b.group_instance_id
     assert a.group_instance_id == Settings.load({"INTEREST_STATE_DIR": "/tmp/w1"}).group_instance_id
     assert Settings.load({"INTEREST_INSTANCE_ID": "w-7"}).group_instance_id == "w-7"
+
+
+def test_encoder_settings_reach_the_encoder(monkeypatch):
+    from models import encoder as encoder_module
+    from streams import settings as settings_module
+
+    built = {}
+    monkeypatch.setattr(encoder_module, "TextEncoder", lambda path, **kwargs: built.update(kwargs))
+    monkeypatch.setattr("models.cache.CachedEncoder", lambda encoder, path: None)
+    monkeypatch.setattr("models.core.InterestCore", lambda config, cache: None)
+    env = {"INTEREST_ENCODER_BACKEND": "onnx-int8", "INTEREST_ENCODER_THREADS": "3"}
+    settings_module.build_core(Settings.load({**env, "INTEREST_DEVICE": "cuda"}))
+    assert built == {"device": "cuda", "backend": "onnx-int8", "threads": 3, "dtype": "auto"}
+    settings_module.build_core(Settings.load({}))
+    assert built["threads"] is None and built["backend"] == "auto"  # None: every core the process may use
