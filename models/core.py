@@ -16,9 +16,9 @@ import numpy as np
 from models.cache import CachedEncoder
 from models.config import EVENT_TYPES, InterestConfig
 from models.events import Event, Item, event_order
-from models.fusion import feature_dim, fuse
+from models.fusion import FeatureRows, feature_dim
 from models.head import SoftmaxHead
-from models.interest import UserState, model_tag
+from models.interest import UserState, id_hash, model_tag
 from models.ranker import NextItemRanker
 
 log = logging.getLogger("interest_stream.core")
@@ -149,6 +149,11 @@ class InterestCore:
         moved: dict[str, Event] = {}  # user -> newest event applied in this batch
         confirmed: dict[str, Event] = {}  # user -> newest redelivered event
         result = BatchResult([], {}, 0, [], [])
+        # Each event's features are captured from its user's state just before the event (the head's
+        # test step); the head never feeds back into a state, so the head's steps can all come after
+        # the states have moved, in one batched call with the same result as one call per event.
+        rows = FeatureRows(self.dim, cfg, len(events) + len({e.user_id for e, _ in events}))
+        learned: list[tuple[str, ...]] = []
         for event, item in sorted(events, key=lambda pair: event_order(pair[0])):
             user = event.user_id
             state = loaded.get(user)
@@ -162,46 +167,47 @@ class InterestCore:
                 result.redelivered += 1
                 confirmed[user] = event
                 continue
-            if state.has_seen(event.event_id):
+            h = id_hash(event.event_id)
+            if h in state.recent_ids:
                 result.duplicates += 1
                 state.mark_offset(event.type, event.offset)
                 result.states[user] = state
                 continue
-            try:
-                emb = embeddings[item.encoder_text]
-                if emb.shape != (self.dim,) or not np.isfinite(emb).all():
-                    raise ValueError(f"embedding of shape {emb.shape} (finite: {np.isfinite(emb).all()}), "
-                                     f"expected ({self.dim},)")  # fmt: skip
-                x = fuse(state, event.ts, event.context, cfg)
-            except Exception as exc:  # noqa: BLE001 - one bad event must not sink its batch
-                result.failed.append((event, repr(exc)))
+            emb = embeddings.get(item.encoder_text)
+            if emb is None or emb.shape != (self.dim,) or not np.isfinite(emb).all():
+                why = "no embedding" if emb is None else f"embedding of shape {emb.shape} (finite: " \
+                    f"{np.isfinite(emb).all()}), expected ({self.dim},)"  # fmt: skip
+                result.failed.append((event, why))
                 continue
-            result.predictions.append(head.test_then_train(x, item.categories))
+            rows.add(state, event.ts, event.context)
+            learned.append(item.categories)
             if ranker is not None:
                 ranker.learn(state.recent_items, event.item_id, emb)
             state.add(event.event_id, event.ts, event.type, emb, cfg, event.item_id, event.offset,
-                      item.categories)  # fmt: skip
+                      item.categories, h)  # fmt: skip
             result.states[user] = state
             moved[user] = event
             result.applied.append((event, item))
         for user in moved:
             loaded[user].version += 1
-        for user, newest in {**confirmed, **moved}.items():
+        newest = [(u, e) for u, e in {**confirmed, **moved}.items() if loaded[u].events_applied]
+        final = [rows.add(loaded[u], e.ts, e.context) for u, e in newest]
+        x = rows.matrix()
+        result.predictions = head.test_then_train_many(x[: len(learned)], learned)
+        tops = head.top_k_many(x[final], cfg.top_k) if final else []
+        for (user, event), top in zip(newest, tops, strict=True):
             state = loaded[user]
-            if state.events_applied == 0:
-                continue
             result.states[user] = state
-            x = fuse(state, newest.ts, newest.context, cfg)
             result.updates.append(
                 InterestUpdate(
                     user_id=user,
                     version=state.version,
                     event_ts=state.t_ref,
                     embedding=state.embedding(),
-                    top_interests=head.top_k(x, cfg.top_k),
+                    top_interests=top,
                     events_applied=state.events_applied,
                     model=self.encoder.name,
-                    last_event=newest,
+                    last_event=event,
                 )
             )
         return result

@@ -22,8 +22,8 @@ point the head can reach, and learn away from.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import math
 
 import numpy as np
 
@@ -39,6 +39,7 @@ def feature_dim(embedding_dim: int, cfg: InterestConfig) -> int:
     return embedding_dim + N_BEHAVIOUR + N_TIME + cfg.context_hash_dim + cfg.category_hash_dim
 
 
+@functools.lru_cache(maxsize=65_536)
 def _bucket(token: str, buckets: int) -> tuple[int, float]:
     digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
     value = int.from_bytes(digest, "little")
@@ -47,29 +48,72 @@ def _bucket(token: str, buckets: int) -> tuple[int, float]:
 
 def fuse(state: UserState, ts: float, context: dict[str, str], cfg: InterestConfig) -> np.ndarray:
     """Features describing the user *as of* time ``ts``, in the context of the event at ``ts``."""
-    d = state.dim
-    x = np.zeros(feature_dim(d, cfg), dtype=np.float32)
-    x[:d] = state.embedding()
-    b = d
-    x[b : b + 3] = np.log1p(state.counts_at(ts, cfg))
-    if state.events_applied:
-        x[b + 3] = math.log1p(max(ts - state.t_ref, 0.0) / 3600.0) / 10.0
-    x[b + 4] = math.log1p(state.events_applied) / 10.0
-    t = b + N_BEHAVIOUR
-    if cfg.category_hash_dim:
-        x[-cfg.category_hash_dim :] = np.log1p(state.category_shares(cfg, 1.0 / PROFILE_FLOOR))
-    if not cfg.environment_features:
+    rows = FeatureRows(state.dim, cfg, 1)
+    rows.add(state, ts, context)
+    return rows.matrix()[0]
+
+
+class FeatureRows:
+    """Many ``fuse`` calls at once: ``add`` copies what a row needs from a state *as it is now* (the
+    core moves the state on right after), ``matrix`` computes every row's features in a few array
+    operations. The per-row work is a handful of copies, so a micro-batch costs little more than its
+    largest array operation; ``fuse`` is this with one row, so the formula lives here only."""
+
+    def __init__(self, dim: int, cfg: InterestConfig, capacity: int) -> None:
+        self.dim, self.cfg, self.n = dim, cfg, 0
+        self.vec = np.zeros((capacity, dim), np.float32)
+        self.counts = np.zeros((capacity, 3), np.float32)
+        self.categories = np.zeros((capacity, cfg.category_hash_dim), np.float32)
+        self.context = np.zeros((capacity, cfg.context_hash_dim), np.float32)
+        self.ts = np.zeros(capacity)
+        self.t_ref = np.zeros(capacity)
+        self.applied = np.zeros(capacity)
+
+    def add(self, state: UserState, ts: float, context: dict[str, str]) -> int:
+        """Capture row ``n`` (returned) for ``state`` at time ``ts``; ``matrix()`` has its features."""
+        i = self.n
+        self.n += 1
+        self.vec[i] = state.vec
+        self.counts[i] = state.counts
+        if len(state.categories) == self.cfg.category_hash_dim:
+            self.categories[i] = state.categories
+        self.ts[i] = ts
+        self.t_ref[i] = state.t_ref if state.events_applied else ts
+        self.applied[i] = state.events_applied
+        if self.cfg.environment_features:
+            row, buckets = self.context[i], self.cfg.context_hash_dim
+            for key, value in context.items():
+                idx, sign = _bucket(f"{key}={value}", buckets)
+                row[idx] += sign
+        return i
+
+    def matrix(self) -> np.ndarray:
+        n, d, cfg = self.n, self.dim, self.cfg
+        x = np.zeros((n, feature_dim(d, cfg)), dtype=np.float32)
+        vec = self.vec[:n]
+        norms = np.sqrt(np.einsum("ij,ij->i", vec, vec))
+        np.divide(vec, norms[:, None], out=x[:, :d], where=norms[:, None] > 0)
+        ahead = np.maximum(self.ts[:n] - self.t_ref[:n], 0.0)  # the decay of counts, never backwards
+        decay = np.exp(-ahead / cfg.tau_s).astype(np.float32)
+        b = d
+        x[:, b : b + 3] = np.log1p(self.counts[:n] * decay[:, None])
+        x[:, b + 3] = np.where(self.applied[:n] > 0, np.log1p(ahead / 3600.0) / 10.0, 0.0)
+        x[:, b + 4] = np.log1p(self.applied[:n]) / 10.0
+        t = b + N_BEHAVIOUR
+        if cfg.category_hash_dim:
+            cats = self.categories[:n]
+            total = cats.sum(axis=1)
+            scale = np.divide(1.0 / PROFILE_FLOOR, total, out=np.zeros(n, np.float32), where=total > 0)
+            x[:, -cfg.category_hash_dim :] = np.log1p(cats * scale.astype(np.float32)[:, None])
+        if not cfg.environment_features:
+            return x
+        ts = self.ts[:n]
+        hour = (ts % 86_400.0) / 3600.0
+        weekday = ((ts // 86_400.0) + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
+        x[:, t] = np.sin(2 * np.pi * hour / 24)
+        x[:, t + 1] = np.cos(2 * np.pi * hour / 24)
+        x[:, t + 2] = np.sin(2 * np.pi * weekday / 7)
+        x[:, t + 3] = np.cos(2 * np.pi * weekday / 7)
+        h = t + N_TIME
+        x[:, h : h + cfg.context_hash_dim] = self.context[:n]
         return x
-    hour = (ts % 86_400.0) / 3600.0
-    weekday = ((ts // 86_400.0) + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-    x[t : t + 4] = (
-        math.sin(2 * math.pi * hour / 24),
-        math.cos(2 * math.pi * hour / 24),
-        math.sin(2 * math.pi * weekday / 7),
-        math.cos(2 * math.pi * weekday / 7),
-    )
-    h = t + N_TIME
-    for key, value in context.items():
-        idx, sign = _bucket(f"{key}={value}", cfg.context_hash_dim)
-        x[h + idx] += sign
-    return x

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,17 @@ def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max()
     e = np.exp(z)
     return e / e.sum()
+
+
+def top_indices(p: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest entries of ``p``, largest first, ties by index: ``argsort(-p, kind="stable")[:k]``
+    without sorting all of ``p`` (argpartition finds the k-th value; only entries at or above it are
+    sorted, so ties at the boundary resolve exactly as the full stable sort does)."""
+    if k >= len(p):
+        return np.argsort(-p, kind="stable")
+    kth = np.partition(p, len(p) - k)[len(p) - k]
+    above = np.flatnonzero(p >= kth)
+    return above[np.lexsort((above, -p[above]))][:k]
 
 
 def loss_and_grad(
@@ -106,13 +118,20 @@ class SoftmaxHead:
         return softmax(self.W @ x + self.b)
 
     def top_k(self, x: np.ndarray, k: int) -> list[tuple[str, float]]:
-        p = self.predict_proba(x)
-        order = np.argsort(-p, kind="stable")[:k]
-        return [(self.classes[i], float(p[i])) for i in order]
+        return self.top_k_many(x[None, :], k)[0]
+
+    def top_k_many(self, X: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """``top_k`` of each row of ``X``: one matrix product for all rows, ``top_indices`` per row."""
+        if not self.classes:
+            return [[] for _ in range(len(X))]
+        Z = X @ self.W.T + self.b
+        Z -= Z.max(axis=1, keepdims=True)
+        P = np.exp(Z)
+        P /= P.sum(axis=1, keepdims=True)
+        return [[(self.classes[i], float(p[i])) for i in top_indices(p, k)] for p in P]
 
     def _step(self, x: np.ndarray, p: np.ndarray, y: np.ndarray) -> None:
-        """W -= lr * ((p - y) x^T + l2 W), in place: the gradient of ``loss_and_grad``, without
-        materialising it (this is the hot loop of the worker)."""
+        """W -= lr * ((p - y) x^T + l2 W): the gradient of ``loss_and_grad``, one example."""
         lr = np.float32(self.learning_rate)
         g = p - y
         if self.l2:
@@ -137,22 +156,79 @@ class SoftmaxHead:
 
         Returns the prediction made before learning (probabilities over ``classes`` as they were then;
         the class list only grows, so it stays aligned with the prefix of later lists)."""
-        if not categories:
-            return self.predict_proba(x)
-        self.add_classes(categories)
-        categories = tuple(c for c in categories if c in self._index)
-        if not categories:  # all past max_classes
-            self.unlearned += 1
-            return self.predict_proba(x)
-        p = self.predict_proba(x)
-        true = [self._index[c] for c in categories]
-        ranked = np.argsort(-p, kind="stable")
-        self.stats.n += 1
-        self.stats.hit1 += int(ranked[0] in true)
-        self.stats.hit5 += int(bool(set(ranked[:5].tolist()) & set(true)))
-        self.stats.log_loss_sum += -float(np.mean(np.log(np.maximum(p[true], 1e-12))))
-        self._step(x, p, self._target(categories))
-        return p
+        return self.test_then_train_many(x[None, :], [categories])[0]
+
+    def test_then_train_many(
+        self, X: np.ndarray, categories: Sequence[tuple[str, ...] | list[str]]
+    ) -> list[np.ndarray]:
+        """``test_then_train`` on each row of ``X`` in order, exactly as one call per row would: the
+        worker's hot loop, so each row costs one product with the weights, a softmax and a rank-one step,
+        and nothing else touches the whole matrix. The L2 shrink of every step is a running factor
+        (W = scale * V), applied once at the end; the classes first seen at row i get their (zero) rows
+        up front and rows before i leave them out, which is what a class list growing row by row means.
+        Computed in float64 and stored in float32.
+        """
+        n = len(X)
+        known = []  # per row: how many classes exist when it is predicted
+        targets: list[list[int] | None] = []  # per row: class indices learned, None: predicted only
+        for cats in categories:
+            if cats:
+                self.add_classes(cats)
+                true = [self._index[c] for c in cats if c in self._index]
+                if not true:
+                    self.unlearned += 1
+                targets.append(true or None)
+            else:
+                targets.append(None)
+            known.append(len(self.classes))
+        if not self.classes:
+            return [np.zeros(0, np.float32) for _ in range(n)]
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        # The constants as ``_step`` has always used them (float32): over thousands of steps the rounded
+        # shrink factor drifts measurably from the exact one, and a replica must not change with the path.
+        lr = float(np.float32(self.learning_rate))
+        d = float(np.float32(1.0 - self.learning_rate * self.l2)) if self.l2 else 1.0
+        V = self.W.copy()  # W = scale * V: the L2 shrink moves ``scale``, not the matrix
+        b = self.b.astype(np.float64)
+        K = len(self.classes)
+        P = np.zeros((n, K))  # row i: the prediction for row i (zeros past the classes it knew)
+        Y = np.zeros((n, K))  # row i: its target (zeros: predicted only)
+        for i, true in enumerate(targets):
+            if true is not None:
+                Y[i, true] = 1.0 / len(true)
+        scale = 1.0
+        for i in range(n):
+            m = known[i]
+            if m == 0:  # no class yet (and so nothing to learn either)
+                continue
+            x = X[i]
+            z = (V[:m] @ x) * scale + b[:m]
+            p = P[i, :m]
+            np.exp(z - z.max(), out=p)
+            p /= p.sum()
+            if targets[i] is None:
+                continue
+            g = p - Y[i, :m]
+            scale *= d
+            V[:m] -= np.outer((g * (lr / scale)).astype(np.float32), x)
+            b[:m] -= lr * g
+        self.W = V * np.float32(scale)
+        self.b = b.astype(np.float32)
+        P32 = P.astype(np.float32)
+        out = [P32[i, :m] for i, m in enumerate(known)]
+        scored = np.flatnonzero([t is not None for t in targets])
+        if len(scored):
+            # Prequential scores of the whole batch at once: top 5 by a stable descending sort (the classes
+            # a row did not know yet are zeros at the end, after every real probability).
+            top5 = np.argsort(-P32[scored], axis=1, kind="stable")[:, :5]
+            truth = Y[scored] > 0
+            rows = np.arange(len(scored))[:, None]
+            self.stats.n += len(scored)
+            self.stats.hit1 += int(truth[rows[:, 0], top5[:, 0]].sum())
+            self.stats.hit5 += int(truth[rows, top5].any(axis=1).sum())
+            logs = np.log(np.maximum(P32[scored], np.float32(1e-12)))
+            self.stats.log_loss_sum += -float(((logs * truth).sum(axis=1) / truth.sum(axis=1)).sum())
+        return out
 
     # -- replicas --------------------------------------------------------------------------------
     @classmethod

@@ -133,9 +133,11 @@ class UserState:
         item_id: str | None = None,
         offset: int | None = None,
         categories: Sequence[str] = (),
+        event_hash: int | None = None,
     ) -> bool:
-        """Apply one event; return False (and change nothing) if its id is in the recent window."""
-        h = id_hash(event_id)
+        """Apply one event; return False (and change nothing) if its id is in the recent window.
+        ``event_hash``: ``id_hash(event_id)`` if the caller has it already."""
+        h = id_hash(event_id) if event_hash is None else event_hash
         if h in self.recent_ids:
             return False
         self.window = cfg.dedup_window  # the configured window, also for states stored with another
@@ -159,8 +161,11 @@ class UserState:
         if item_id is not None:
             # In (time, item id) order, not arrival order: a user's events come through three topics
             # (and late ones come late), and the window must not depend on how they interleave.
-            kept = list(zip(self.recent_ts, self.recent_items, strict=True))
-            at = bisect.bisect_right(kept, (ts, item_id))
+            if not self.recent_ts or (ts, item_id) >= (self.recent_ts[-1], self.recent_items[-1]):
+                at = len(self.recent_ts)  # the usual case: the newest event
+            else:
+                kept = list(zip(self.recent_ts, self.recent_items, strict=True))
+                at = bisect.bisect_right(kept, (ts, item_id))
             self.recent_items.insert(at, item_id)
             self.recent_types.insert(at, EVENT_TYPES.index(event_type))
             self.recent_ts.insert(at, ts)

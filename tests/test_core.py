@@ -108,3 +108,80 @@ def test_a_stored_head_trains_on_with_this_runs_settings_and_one_for_other_featu
     without = InterestCore(InterestConfig(category_hash_dim=0), core.encoder)
     fresh = core.load_head(without.new_head().to_bytes())
     assert fresh.n_features == core.n_features and fresh.classes == []
+
+
+def random_stream(rng: np.random.Generator, n: int, dim: int) -> tuple[list[tuple[Event, Item]], dict]:
+    """Events over 400 users and 300 items: random times (some late), contexts, several categories per
+    item (some none), producer duplicates at new offsets and redeliveries of old offsets."""
+    pool = [f"c{k}" for k in range(40)]
+    items = []
+    for k in range(300):
+        cats = tuple(rng.choice(pool, size=int(rng.integers(0, 4)), replace=False).tolist())
+        items.append(Item(f"item {k}", categories=cats))
+    vectors = rng.normal(size=(300, dim)).astype(np.float32)
+    embeddings = {it.encoder_text: v / np.linalg.norm(v) for it, v in zip(items, vectors, strict=True)}
+    offsets = {t: 0 for t in ("click", "cart", "order")}
+    events = []
+    for k in range(n):
+        kind = ("click", "cart", "order")[int(rng.integers(0, 3))]
+        user, item = f"u{rng.integers(0, 400)}", int(rng.zipf(1.3) % 300)
+        ts = 1_700_000_000 + 30 * k - (int(rng.integers(0, 20_000)) if rng.random() < 0.1 else 0)
+        event_id = f"e{k}" if rng.random() > 0.03 or k == 0 else f"e{int(rng.integers(0, k))}"
+        context = {"device": str(rng.choice(["web", "ios", "android"]))} if rng.random() < 0.7 else {}
+        offset = offsets[kind] if rng.random() > 0.02 else max(offsets[kind] - 5, 0)  # some redelivered
+        offsets[kind] += 1
+        event = Event(event_id, user, f"i{item}", float(ts), kind, None, context, offset)
+        events.append((event, items[item]))
+    return events, embeddings
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_batched_core_computes_what_one_event_at_a_time_computes(encoder, seed):
+    """The fast path (features, head steps and top-k batched) against ``reference_core``, the per-event
+    code it replaced, on 6,000 random events in batches of random size: the same states, predictions,
+    updates, statistics and weights, to 1e-5."""
+    import reference_core
+
+    cfg = InterestConfig(max_classes=30, l2=1e-3, learning_rate=0.05)  # classes past the limit, strong L2
+    core = InterestCore(cfg, CachedEncoder(encoder))
+    rng = np.random.default_rng(seed)
+    events, embeddings = random_stream(rng, 6_000, core.dim)
+    fast_states: dict = {}
+    ref_states: dict = {}
+    fast_head, ref_head = core.new_head(), core.new_head()
+    at = 0
+    while at < len(events):
+        size = int(rng.integers(1, 300))
+        chunk = events[at : at + size]
+        at += size
+        fast = core.apply(chunk, embeddings, fast_states, fast_head)
+        ref = reference_core.apply(core, chunk, embeddings, ref_states, ref_head)
+        fast_states.update({u: UserState.from_bytes(s.to_bytes()) for u, s in fast.states.items()})
+        ref_states.update({u: UserState.from_bytes(s.to_bytes()) for u, s in ref.states.items()})
+        assert (fast.duplicates, fast.redelivered, len(fast.applied)) == (
+            ref.duplicates, ref.redelivered, len(ref.applied))  # fmt: skip
+        assert len(fast.predictions) == len(ref.predictions)
+        for p, q in zip(fast.predictions, ref.predictions, strict=True):
+            np.testing.assert_allclose(p, q, atol=1e-5)
+        assert [u.user_id for u in fast.updates] == [u.user_id for u in ref.updates]
+        for u, v in zip(fast.updates, ref.updates, strict=True):
+            assert (u.version, u.events_applied, u.event_ts, u.last_event) == (
+                v.version, v.events_applied, v.event_ts, v.last_event)  # fmt: skip
+            np.testing.assert_allclose(u.embedding, v.embedding, atol=1e-5)
+            assert [c for c, _ in u.top_interests] == [c for c, _ in v.top_interests]
+            np.testing.assert_allclose([p for _, p in u.top_interests], [p for _, p in v.top_interests],
+                                       atol=1e-5)  # fmt: skip
+    assert fast_states.keys() == ref_states.keys()
+    for user, state in fast_states.items():
+        other = ref_states[user]
+        assert state.recent_items == other.recent_items and state.recent_ids == other.recent_ids
+        assert state.recent_events == other.recent_events and state.offsets.tolist() == other.offsets.tolist()
+        np.testing.assert_allclose(state.vec, other.vec, atol=1e-5)
+        np.testing.assert_allclose(state.counts, other.counts, atol=1e-5)
+        np.testing.assert_allclose(state.categories, other.categories, rtol=1e-5)
+    assert fast_head.classes == ref_head.classes and fast_head.unlearned == ref_head.unlearned > 0
+    assert (fast_head.stats.n, fast_head.stats.hit1, fast_head.stats.hit5) == (
+        ref_head.stats.n, ref_head.stats.hit1, ref_head.stats.hit5)  # fmt: skip
+    assert fast_head.stats.log_loss_sum == pytest.approx(ref_head.stats.log_loss_sum, rel=1e-5)
+    np.testing.assert_allclose(fast_head.W, ref_head.W, atol=1e-5)
+    np.testing.assert_allclose(fast_head.b, ref_head.b, atol=1e-5)
