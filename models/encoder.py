@@ -289,10 +289,13 @@ class TextEncoder:
         device = torch.device(self.device_name)
         on_gpu = device.type == "cuda"
 
-        def to_device(array: np.ndarray) -> Any:
-            tensor = torch.from_numpy(array)
-            # Pinned host memory lets the copy run asynchronously, behind the batch before it.
-            return tensor.pin_memory().to(device, non_blocking=True) if on_gpu else tensor
+        def to_device(array: Any) -> Any:  # numpy, or a tensor (benchmarks/gpu_encoder.py passes GPU ones)
+            tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(array)
+            if not on_gpu:
+                return tensor
+            if not tensor.is_cuda:  # pinned host memory lets the copy run behind the batch before it
+                tensor = tensor.pin_memory()
+            return tensor.to(device, non_blocking=True)
 
         def run(ids: np.ndarray, mask: np.ndarray) -> Any:
             with torch.inference_mode():
