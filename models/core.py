@@ -6,12 +6,14 @@ in where states and heads are stored and where updates go.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from models.cache import CachedEncoder
 from models.config import EVENT_TYPES, InterestConfig
@@ -41,12 +43,14 @@ class InterestUpdate:
     recommendations: list[tuple[str, float]] | None = None
     """The next-item ranker's top items (id, score) for the user (set by the worker)."""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, vectors: str = "json") -> dict[str, Any]:
+        """The message as a dict; ``vectors``: ``json`` (arrays of numbers, rounded to 7 decimals) or
+        ``base64`` (each vector as base64 of little-endian float32, marked by ``vector_encoding``)."""
         out = {
             "user_id": self.user_id,
             "version": self.version,
             "event_ts": self.event_ts,
-            "embedding": np.round(self.embedding.astype(np.float64), 7).tolist(),
+            "embedding": encode_vector(self.embedding, vectors),
             "top_interests": [{"category": c, "p": round(p, 6)} for c, p in self.top_interests],
             "events_applied": self.events_applied,
             "model": self.model,
@@ -58,13 +62,40 @@ class InterestUpdate:
         }
         if self.sequence is not None:
             vector, snapshot, learned = self.sequence
-            out["sequence"] = {"vector": np.round(vector.astype(np.float64), 7).tolist(), "model": snapshot,
+            out["sequence"] = {"vector": encode_vector(vector, vectors), "model": snapshot,
                                "learned_events": learned}  # fmt: skip
         if self.recommendations is not None:
             out["recommendations"] = [
                 {"item_id": i, "score": round(score, 6)} for i, score in self.recommendations
             ]
+        if vectors == "base64":
+            out["vector_encoding"] = "float32-le-base64"
         return out
+
+    def to_bytes(self, vectors: str = "json") -> bytes:
+        """The message as the worker publishes it (UTF-8 JSON).
+
+        orjson writes numpy arrays natively: about 10x faster than ``json.dumps`` on 384 rounded floats,
+        which dominated a worker whose batches touch many users. The numbers parse to the same values."""
+        return orjson.dumps(self.to_json(vectors), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+VECTOR_ENCODINGS = ("json", "base64")
+
+
+def encode_vector(vector: np.ndarray, encoding: str = "json") -> np.ndarray | str:
+    """A vector for an update message: float64 rounded to 7 decimals (as a JSON array), or base64 of its
+    little-endian float32 bytes (a third of the size, and exact)."""
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+    return np.round(vector.astype(np.float64), 7)
+
+
+def decode_vector(value: list[float] | str) -> np.ndarray:
+    """A vector of an update message, whichever encoding it was published in: float32."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), "<f4").astype(np.float32)
+    return np.asarray(value, np.float32)
 
 
 @dataclass

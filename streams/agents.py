@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -31,7 +30,8 @@ from models.events import Event, InvalidEvent, Item, resolve_item
 from models.head import PrequentialStats
 from models.interest import UserState
 from streams import metrics
-from streams.app import app, dlq_topic, event_topic, heads, settings, updates_topic, user_states
+from streams.app import app, dlq_topic, event_topic, heads, settings, user_states
+from streams.batching import adaptive_batches
 from streams.catalog import Catalog
 from streams.checkpoint import TP, OffsetLedger, Verdict
 from streams.checkpoint import install as install_checkpoint
@@ -227,6 +227,11 @@ class Rebalanced(Exception):  # noqa: N818 - a condition, not an error
     """A rebalance began while a batch was under way: the batch is dropped (nothing of it is committed)."""
 
 
+_heads: dict[int, tuple[bytes, object]] = {}
+"""Partition -> (the head bytes this worker wrote last, that head): the next batch of the partition reuses
+the object instead of parsing the table's bytes again, if the table still holds exactly those bytes."""
+
+
 def still_owner(rebalances: int) -> None:
     """Raise ``Rebalanced`` if a rebalance has begun since the batch began (``rebalances`` was the count
     then) or is under way: the partitions may belong to another worker by now, and writing their state
@@ -251,13 +256,16 @@ async def apply_partition(
     source = {id(event): record for record, event, _ in group}
     still_owner(rebalances)  # no await between this check and the writes below
     with partition_of(group[0][0]):
-        head = core.load_head(heads.get(head_key))
+        raw = heads.get(head_key)
+        kept = _heads.pop(partition, None)  # out while in use: a failed batch leaves no half-trained copy
+        head = kept[1] if kept is not None and kept[0] == raw else core.load_head(raw)
         head_exchange.maybe_fold(head, partition)
         scored_before = dataclasses.replace(head.stats)  # a copy: apply() updates it in place
         result = core.apply([(e, i) for _, e, i in group], embeddings, TableStates(), head)
         for user_id, state in result.states.items():
             user_states[user_id.encode()] = state.to_bytes()
-        heads[head_key] = head.to_bytes()
+        raw = heads[head_key] = head.to_bytes()
+        _heads[partition] = (raw, head)
     counters.prequential += head.stats - scored_before
     metrics.rolling.add(head.stats - scored_before)
     for event, why in result.failed:
@@ -327,9 +335,17 @@ def take_unacknowledged() -> list[asyncio.Future]:
 
 
 async def publish(updates: list[InterestUpdate]) -> None:
+    """Hand the updates to the producer (the broker's acknowledgements are awaited by the caller).
+
+    Straight to the producer, not through ``Topic.send``: faust's per-message wrappers (a channel, a
+    future message, callbacks) cost more than encoding the update. The default partitioner puts a user's
+    updates on the partition its key hashes to, as ``Topic.send`` did."""
+    producer = app.producer
+    topic = settings.updates_topic
     for update in updates:
-        key, value = update.user_id.encode(), json.dumps(update.to_json()).encode()
-        unacknowledged.append(await updates_topic.send(key=key, value=value))
+        key, value = update.user_id.encode(), update.to_bytes(settings.update_vectors)
+        sent = await producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+        unacknowledged.append(sent)
 
 
 async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
@@ -440,10 +456,10 @@ async def interest_agent(stream: StreamT) -> None:
     if not await served_model.wait_caught_up(30.0):
         log.warning("the sequential model's topic is not read to its end after 30 s; updates go out "
                     "without its vectors until a snapshot is loaded")  # fmt: skip
-    log.info("encoder %s (dim %d, weights %s); batches of %d within %.2fs", core.encoder.name, core.dim,
-             "loaded" if core.encoder.weights_loaded else "loading", settings.max_batch,
-             settings.max_wait_s)  # fmt: skip
-    async for batch in stream.take_events(settings.max_batch, within=settings.max_wait_s):
+    log.info("encoder %s (dim %d, weights %s); batches of up to %d, what has arrived (linger %.3fs)",
+             core.encoder.name, core.dim, "loaded" if core.encoder.weights_loaded else "loading",
+             settings.max_batch, settings.max_wait_s)  # fmt: skip
+    async for batch in adaptive_batches(stream.events(), settings.max_batch, settings.max_wait_s):
         # Finish a started batch even if the agent is cancelled (shutdown, rebalance), so its effects
         # and the ledger agree; what is committed is decided by the ledger, not by take_events' acks.
         work = asyncio.ensure_future(process_batch(core, batch))

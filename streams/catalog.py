@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ _BAD = b"\x00bad:"
 
 
 class Catalog:
-    def __init__(self, bootstrap: str, topic: str, path: str | Path) -> None:
+    def __init__(self, bootstrap: str, topic: str, path: str | Path, parsed_max: int = 100_000) -> None:
         self.path = Path(path)
         self.db: Rdict | None = None  # opened by run(): importing the app must not touch the disk
         self.bootstrap = bootstrap
@@ -40,10 +41,24 @@ class Catalog:
         self._progress = asyncio.Condition()
         self._ends_asked_at = -1.0  # monotonic time at which the current end offsets were requested
         self.loaded = 0
+        self._parsed: OrderedDict[str, Item] = OrderedDict()  # item id -> item, least recently used first
+        self.parsed_max = parsed_max
 
     def get(self, item_id: str) -> Item | None:
+        """The item, parsed once: a worker looks its items up for every event, and reading and validating
+        the stored JSON each time cost more than the rest of an event's work on a warm cache."""
+        item = self._parsed.get(item_id)
+        if item is not None:
+            self._parsed.move_to_end(item_id)
+            return item
         raw = self.db.get(item_id.encode()) if self.db is not None else None
-        return None if raw is None else parse_item(json.loads(raw), "catalog item")
+        if raw is None:
+            return None
+        item = parse_item(json.loads(raw), "catalog item")
+        self._parsed[item_id] = item
+        if len(self._parsed) > self.parsed_max:
+            self._parsed.popitem(last=False)
+        return item
 
     def items(self) -> Iterator[tuple[str, Item]]:
         """Every accepted catalogue item (id, item), in key order."""
@@ -62,6 +77,7 @@ class Catalog:
         if key is None:
             log.warning("items record without a key ignored")
             return
+        self._parsed.pop(key.decode("utf-8", "replace"), None)  # a new version, a rejection or a deletion
         if value is None:  # tombstone: the item was deleted
             self.db.delete(key)
             return

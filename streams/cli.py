@@ -54,6 +54,20 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Cap numpy's BLAS threads (0: leave its default, one per core).
+
+    The worker's products are small (a micro-batch by a few hundred features, a few dozen classes), where
+    OpenBLAS's thread hand-offs cost more than they save, and the worker shares its cores with its
+    Kafka client and, often, the broker: one thread made the core step twice as fast on 2 cores
+    (``python benchmarks/core.py``, with ``OPENBLAS_NUM_THREADS=1`` and without).
+    """
+    if threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     from streams.recovery import set_aside_if_stale
@@ -67,6 +81,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.agents import start_loading_core
     from streams.app import app
 
+    limit_blas_threads(settings.blas_threads)
     start_loading_core()  # the encoder loads while faust starts
     sys.argv = ["interest-stream", "worker", "-l", args.loglevel, *args.faust_args]
     app.main()
@@ -321,6 +336,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    bench_file = REPO_ROOT / "benchmarks" / "bench.py"
+    if not bench_file.exists():
+        print("interest-stream bench runs from a clone of the repository (benchmarks/ is not installed)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks import bench
+
+    sections = tuple(args.only.split(",")) if args.only else bench.SECTIONS
+    unknown = set(sections) - set(bench.SECTIONS)
+    if unknown:
+        print(f"unknown sections {sorted(unknown)}; choose from {bench.SECTIONS}", file=sys.stderr)
+        return 2
+    bench.run(sections, quick=args.quick, out=Path(args.out) if args.out else bench.RESULTS)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interest-stream", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -400,6 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.add_argument("--state-dir", default=None, help="embedding cache folder (default: .state/evaluate)")
     e.set_defaults(func=cmd_evaluate)
+
+    bn = sub.add_parser("bench", help="encoder, core, worker-on-broker and growth benchmarks (~25 min)")
+    bn.add_argument("--quick", action="store_true", help="smaller sizes (~8 min)")
+    bn.add_argument("--only", default="", help="comma-separated sections: encoder,core,pipeline,growth")
+    bn.add_argument("--out", default="", help="results folder (default benchmarks/results)")
+    bn.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="broker + worker + MovieLens replay + live view")
     d.add_argument("--limit", type=int, default=None, help="replay only the first N ratings")

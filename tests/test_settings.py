@@ -69,4 +69,4 @@ def test_encoder_settings_reach_the_encoder(monkeypatch):
     settings_module.build_core(Settings.load({**env, "INTEREST_DEVICE": "cuda"}))
     assert built == {"device": "cuda", "backend": "onnx-int8", "threads": 3, "dtype": "auto"}
     settings_module.build_core(Settings.load({}))
-    assert built["threads"] is None and built["backend"] == "auto"  # None: every core the process may use
+    assert built["threads"] is None and built["backend"] == "torch"  # None: every core the process may use
