@@ -32,9 +32,11 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## Worker throughput and latency on a local broker, against the core alone (same script).
+## Encoder backends, the core step, one worker on a local broker (throughput, latency), growth:
+## benchmarks/results/bench.md (~25 min; `interest-stream bench --quick` ~8 min).
 bench: setup
-	$(BIN)/python benchmarks/worker_throughput.py
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,bench]'
+	$(BIN)/interest-stream bench
 
 ## The fault-injection suite at full size (kill -9, several workers, broker restarts, lost state, hostile
 ## input, a flood; ~30 min here): benchmarks/results/faults.md.  make test runs it at a small size.
