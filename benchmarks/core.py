@@ -64,8 +64,8 @@ def run(events: int = 20_000, users: int = 10_000, classes: int = 0, batch: int 
         for name in ("batched", "reference"):
             store = stores[name]
             t = time.perf_counter()
-            users = {e.user_id for e, _ in chunk if e.user_id in store}
-            states = {u: UserState.from_bytes(store[u]) for u in users}
+            present = {e.user_id for e, _ in chunk if e.user_id in store}
+            states = {u: UserState.from_bytes(store[u]) for u in present}
             if name == "batched":
                 result = core.apply(chunk, embeddings, states, heads[name])
             else:
