@@ -29,6 +29,7 @@ from models.core import InterestCore, InterestUpdate
 from models.events import Event, InvalidEvent, Item, resolve_item
 from models.head import PrequentialStats
 from models.interest import UserState
+from models.sharding import partition_for
 from streams import metrics
 from streams.app import app, dlq_topic, event_topic, heads, settings, user_states
 from streams.batching import adaptive_batches
@@ -337,15 +338,33 @@ def take_unacknowledged() -> list[asyncio.Future]:
 async def publish(updates: list[InterestUpdate]) -> None:
     """Hand the updates to the producer (the broker's acknowledgements are awaited by the caller).
 
-    Straight to the producer, not through ``Topic.send``: faust's per-message wrappers (a channel, a
-    future message, callbacks) cost more than encoding the update. The default partitioner puts a user's
-    updates on the partition its key hashes to, as ``Topic.send`` did."""
-    producer = app.producer
+    One record batch per partition of the updates topic, not one ``send`` per update: a send costs
+    aiokafka a future, a partitioner call and an accumulator lookup, faust's ``Topic.send`` a channel and
+    a future message on top, together more than encoding the update. Each update goes to the partition
+    Kafka's default partitioner gives its key (``models.sharding``), as a keyed send would."""
+    if not updates:
+        return
+    producer = app.producer._ensure_producer()  # the aiokafka producer under faust's wrapper
     topic = settings.updates_topic
+    partitions = producer.client.cluster.partitions_for_topic(topic)
+    if not partitions:
+        await producer.client._wait_on_metadata(topic)
+        partitions = producer.client.cluster.partitions_for_topic(topic)
+    by_partition: dict[int, list[InterestUpdate]] = defaultdict(list)
     for update in updates:
-        key, value = update.user_id.encode(), update.to_bytes(settings.update_vectors)
-        sent = await producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
-        unacknowledged.append(sent)
+        by_partition[partition_for(update.user_id.encode(), len(partitions))].append(update)
+    for partition, group in by_partition.items():
+        batch = producer.create_batch()
+        for update in group:
+            key, value = update.user_id.encode(), update.to_bytes(settings.update_vectors)
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                batch.close()
+                unacknowledged.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"an update of {len(value)} bytes does not fit in a producer batch")
+        batch.close()
+        unacknowledged.append(await producer.send_batch(batch, topic, partition=partition))
 
 
 async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
