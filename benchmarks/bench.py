@@ -60,11 +60,12 @@ def run(sections: tuple[str, ...] = SECTIONS, quick: bool = False, out: Path = R
 
     limit_blas_threads(1)  # as in a worker
     out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {
-        "machine": machine(),
-        "quick": quick,
-        "started": time.strftime("%Y-%m-%d %H:%M"),
-    }
+    result: dict[str, Any] = {}
+    previous = out / "bench.json"
+    if set(sections) != set(SECTIONS) and previous.exists():  # a partial run updates its sections only
+        result = json.loads(previous.read_text())
+    result.update({"machine": machine(), "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M")})
+    result.setdefault("runs", {}).update({name: result["started"] for name in sections})
     if "encoder" in sections:
         from benchmarks import encoder
 
@@ -89,7 +90,8 @@ def run(sections: tuple[str, ...] = SECTIONS, quick: bool = False, out: Path = R
         if quick:
             result["pipeline"] = pipeline.run(20_000, 10_000, (1000,), 10.0, cold=False)
         else:
-            result["pipeline"] = pipeline.run(50_000, 10_000, (1000, 5000, 0), 20.0, cold=True, base64=True)
+            loads = (200, 500, 1000, 5000, 0)
+            result["pipeline"] = pipeline.run(50_000, 10_000, loads, 20.0, cold=True, base64=True)
     if "growth" in sections:
         from benchmarks import growth
 
@@ -111,7 +113,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# interest-stream bench",
         "",
-        f"`interest-stream bench{' --quick' if r.get('quick') else ''}`, {r['started']}. "
+        f"`interest-stream bench{' --quick' if r.get('quick') else ''}`; sections run at "
+        f"{', '.join(f'{k} {v}' for k, v in r.get('runs', {}).items()) or r['started']}. "
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']:,} MiB, Python {m['python']}; "
         f"load average before {m['load_before'][0]:.2f}. The broker runs on the same machine. "
         "Ratios are measured within one run.",
@@ -139,7 +142,7 @@ def markdown(r: dict[str, Any]) -> str:
         ]
         for c in r["core"]:
             lines.append(
-                f"| {c['events']:,} events, {c['users']:,} users | {c['classes']} | "
+                f"| {c['events']:,} events, {c['users']:,} users | {c['classes']} learned | "
                 f"{_f(c['batched_events_per_s'])} | {_f(c['reference_events_per_s'])} | {c['speedup']:.2f}x |"
             )
         lines.append("")
@@ -153,11 +156,12 @@ def markdown(r: dict[str, Any]) -> str:
             "| run | events/s | first update after start | peak RSS | state bytes on disk per user |",
             "|---|---|---|---|---|",
         ]
+        labels = {"warm": "warm cache", "cold": "cold cache", "warm_base64": "warm cache, base64 vectors"}
         for name in ("warm", "cold", "warm_base64"):
             if name in p:
                 w = p[name]
                 lines.append(
-                    f"| {name.replace('_', ', ')} cache | {_f(w['events_per_s'])} | "
+                    f"| {labels[name]} | {_f(w['events_per_s'])} | "
                     f"{w['first_update_s']:.1f} s | "
                     f"{_f(w['peak_rss_mb'])} MB | {_f(w['user_state_bytes_on_disk_per_user'])} |"
                 )
