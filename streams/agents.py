@@ -27,7 +27,7 @@ from faust.types import EventT, StreamT
 
 from models.core import InterestCore, InterestUpdate
 from models.events import Event, InvalidEvent, Item, resolve_item
-from models.head import PrequentialStats
+from models.head import PrequentialStats, SoftmaxHead
 from models.interest import UserState
 from models.sharding import partition_for
 from streams import metrics
@@ -228,7 +228,7 @@ class Rebalanced(Exception):  # noqa: N818 - a condition, not an error
     """A rebalance began while a batch was under way: the batch is dropped (nothing of it is committed)."""
 
 
-_heads: dict[int, tuple[bytes, object]] = {}
+_heads: dict[int, tuple[bytes, SoftmaxHead]] = {}
 """Partition -> (the head bytes this worker wrote last, that head): the next batch of the partition reuses
 the object instead of parsing the table's bytes again, if the table still holds exactly those bytes."""
 
@@ -480,7 +480,7 @@ async def interest_agent(stream: StreamT) -> None:
              settings.max_batch, settings.max_wait_s)  # fmt: skip
     async for batch in adaptive_batches(stream.events(), settings.max_batch, settings.max_wait_s):
         # Finish a started batch even if the agent is cancelled (shutdown, rebalance), so its effects
-        # and the ledger agree; what is committed is decided by the ledger, not by take_events' acks.
+        # and the ledger agree; what is committed is decided by the ledger, not by faust's acks.
         work = asyncio.ensure_future(process_batch(core, batch))
         try:
             await asyncio.shield(work)
