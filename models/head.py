@@ -166,7 +166,7 @@ class SoftmaxHead:
         and nothing else touches the whole matrix. The L2 shrink of every step is a running factor
         (W = scale * V), applied once at the end; the classes first seen at row i get their (zero) rows
         up front and rows before i leave them out, which is what a class list growing row by row means.
-        Computed in float64 and stored in float32.
+        Weights stay float32 as in ``_step``; the logits and the softmax are float64.
         """
         n = len(X)
         known = []  # per row: how many classes exist when it is predicted
