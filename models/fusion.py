@@ -28,7 +28,7 @@ import hashlib
 import numpy as np
 
 from models.config import InterestConfig
-from models.interest import UserState
+from models.interest import UserState, count_decay, profile_shares
 
 N_BEHAVIOUR = 5
 N_TIME = 4
@@ -93,18 +93,15 @@ class FeatureRows:
         vec = self.vec[:n]
         norms = np.sqrt(np.einsum("ij,ij->i", vec, vec))
         np.divide(vec, norms[:, None], out=x[:, :d], where=norms[:, None] > 0)
-        ahead = np.maximum(self.ts[:n] - self.t_ref[:n], 0.0)  # the decay of counts, never backwards
-        decay = np.exp(-ahead / cfg.tau_s).astype(np.float32)
+        ahead = np.maximum(self.ts[:n] - self.t_ref[:n], 0.0)
         b = d
-        x[:, b : b + 3] = np.log1p(self.counts[:n] * decay[:, None])
+        x[:, b : b + 3] = np.log1p(self.counts[:n] * count_decay(ahead, cfg)[:, None])
         x[:, b + 3] = np.where(self.applied[:n] > 0, np.log1p(ahead / 3600.0) / 10.0, 0.0)
         x[:, b + 4] = np.log1p(self.applied[:n]) / 10.0
         t = b + N_BEHAVIOUR
         if cfg.category_hash_dim:
-            cats = self.categories[:n]
-            total = cats.sum(axis=1)
-            scale = np.divide(1.0 / PROFILE_FLOOR, total, out=np.zeros(n, np.float32), where=total > 0)
-            x[:, -cfg.category_hash_dim :] = np.log1p(cats * scale.astype(np.float32)[:, None])
+            shares = profile_shares(self.categories[:n], 1.0 / PROFILE_FLOOR)
+            x[:, -cfg.category_hash_dim :] = np.log1p(shares)
         if not cfg.environment_features:
             return x
         ts = self.ts[:n]

@@ -64,6 +64,20 @@ def category_bucket(category: str, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(category.encode(), digest_size=8).digest(), "little") % buckets
 
 
+def count_decay(ahead_s: np.ndarray, cfg: InterestConfig) -> np.ndarray:
+    """float32 factor by which per-type counts shrink from ``t_ref`` to ``ahead_s`` seconds later (a
+    negative gap, a late event, does not decay). Elementwise, so ``fusion.FeatureRows`` uses it for a
+    whole batch."""
+    return np.exp(-np.maximum(ahead_s, 0.0) / cfg.tau_s).astype(np.float32)
+
+
+def profile_shares(categories: np.ndarray, scale: float) -> np.ndarray:
+    """Rows of category profiles as shares summing to ``scale`` (an empty profile stays zeros)."""
+    total = categories.sum(axis=1)
+    factor = np.divide(np.float32(scale), total, out=np.zeros(len(categories), np.float32), where=total > 0)
+    return categories * factor.astype(np.float32)[:, None]
+
+
 def model_tag(model_name: str) -> int:
     """64-bit tag of an encoder name (which carries its weights hash), stored with every state."""
     return id_hash(model_name)
@@ -215,15 +229,14 @@ class UserState:
         """Decayed per-type counts as seen at time ``ts`` (no decay backwards for a late event)."""
         if self.events_applied == 0 or ts <= self.t_ref:
             return self.counts
-        return self.counts * np.float32(math.exp(-(ts - self.t_ref) / cfg.tau_s))
+        return self.counts * count_decay(np.float64(ts - self.t_ref), cfg)
 
     def category_shares(self, cfg: InterestConfig, scale: float = 1.0) -> np.ndarray:
         """The category profile as shares summing to ``scale`` (zeros before any category), in
         ``cfg``'s size. Shares need no time: decay to any later time scales every bucket alike."""
         if len(self.categories) != cfg.category_hash_dim:
             return np.zeros(cfg.category_hash_dim, np.float32)
-        total = float(self.categories.sum())
-        return self.categories * np.float32(scale / total) if total > 0 else self.categories.copy()
+        return profile_shares(self.categories[None, :], scale)[0]
 
     def to_bytes(self) -> bytes:
         ids = np.asarray(self.recent_ids, dtype=np.uint64)
