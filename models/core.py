@@ -85,7 +85,7 @@ VECTOR_ENCODINGS = ("json", "base64")
 
 def encode_vector(vector: np.ndarray, encoding: str = "json") -> np.ndarray | str:
     """A vector for an update message: float64 rounded to 7 decimals (as a JSON array), or base64 of its
-    little-endian float32 bytes (a third of the size, and exact)."""
+    little-endian float32 bytes (about half the bytes of the array, and exact)."""
     if encoding == "base64":
         return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
     return np.round(vector.astype(np.float64), 7)
