@@ -105,8 +105,12 @@ def test_metrics_and_the_live_page_show_a_replay_as_it_happens(kafka_bootstrap, 
             # a user's recommendations, with titles from the catalogue, and their explanation
             page.wait_for_selector("#recommendations tr.rec", timeout=30_000)
             titles = {item.title for item in items.values()}
-            shown = page.locator("#recommendations tr.rec td:first-child").all_inner_texts()
-            assert shown and all(t.split("\n")[0] in titles for t in shown)
+            # textContent, not innerText: innerText depends on layout (once it ran the "after ..." line
+            # into the title), the catalogue's strings do not
+            recommended = page.locator("#recommendations tr.rec td:first-child > .title").all_text_contents()
+            assert recommended and all(t in titles for t in recommended)
+            behind = page.locator("#recommendations tr.rec .because .title").all_text_contents()
+            assert all(t in titles for t in behind)
             assert page.locator("#explanation tbody tr").count() >= 1
             assert page.inner_text("#model") not in ("–", "none yet")
             page.wait_for_timeout(2500)  # a few polls more: the charts have lines
