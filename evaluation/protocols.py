@@ -10,10 +10,17 @@ only). Online models learn the training events once, in event-time order; the of
 the same training sequences. Then every model ranks each user's validation item, all models learn the
 validation events, and every model ranks each user's test item. Items the user had before the target
 are masked.
+
+Leave-one-out with new items (``new_items`` > 0): the same, but a random share of the catalogue is new:
+none of its training events is learned (they are dropped), while the items stay in the catalogue with
+their text, as an item published but not yet touched is. Test events on them measure what a model makes
+of an item it has never seen. MovieLens's own never-seen test items cannot: its catalogue is the rated
+movies, so an item seen only at test time has one rating in the whole log.
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -176,16 +183,22 @@ class LooSplit:
     train: list[tuple[Event, Item]]  # event-time order
     val: list[tuple[Event, Item]]  # one per user with >= 3 events, event-time order
     test: list[tuple[Event, Item]]
+    new_items: frozenset[str] = frozenset()  # items none of whose training events is learned
+    dropped: int = 0  # training events left out because their item is new
 
 
-def loo_split(log: EventLog) -> LooSplit:
+def loo_split(log: EventLog, new_items: float = 0.0, seed: int = 0) -> LooSplit:
+    """``new_items``: the share of the catalogue (drawn with ``seed``) whose training events are dropped."""
+    if not 0.0 <= new_items < 1.0:
+        raise ValueError(f"new_items is a share of the catalogue in [0, 1), not {new_items}")
     pairs = held_out(log.events)
     held = {id(p) for two in pairs for p in two}
+    new = frozenset(random.Random(seed).sample(log.items, round(new_items * len(log.items))))
     train = [p for p in log.events if id(p) not in held]
+    kept = [p for p in train if p[0].item_id not in new]
     by_time = lambda p: event_order(p[0])  # noqa: E731
-    return LooSplit(
-        train, sorted((v for v, _ in pairs), key=by_time), sorted((t for _, t in pairs), key=by_time)
-    )
+    val = sorted((v for v, _ in pairs), key=by_time)
+    return LooSplit(kept, val, sorted((t for _, t in pairs), key=by_time), new, len(train) - len(kept))
 
 
 def tied_test_events(split: LooSplit) -> int:
@@ -210,15 +223,32 @@ class LooResult:
         return self.learned == 0
 
 
+def never_learned(hist: Histories) -> np.ndarray:
+    """(n_items,) True for the catalogue items no learned event has touched yet."""
+    return hist.counts == 0
+
+
 def _rank_all(
-    scorers: Sequence[Scorer], targets: Sequence[tuple[Event, Item]], hist: Histories
+    scorers: Sequence[Scorer],
+    targets: Sequence[tuple[Event, Item]],
+    hist: Histories,
+    pool: np.ndarray | None = None,
 ) -> dict[str, list[dict[str, float]]]:
+    """Rank metrics per target. ``pool``: items never learned; a target among them is also ranked among
+    them alone (``new_items_recall@10``): how well a model orders the items it has no events for, apart
+    from whether it dares to put one above the items it knows."""
     out: dict[str, list[dict[str, float]]] = {s.name: [] for s in scorers}
+    others = None if pool is None else np.flatnonzero(~pool)
     for event, _ in targets:
         target = hist.item_index[event.item_id]
         masked = hist.of.get(event.user_id, [])
+        new = others is not None and pool[target]
         for s in scorers:
-            out[s.name].append(rank_metrics(s.scores(event.user_id), target, masked))
+            scores = s.scores(event.user_id)
+            m = rank_metrics(scores, target, masked)
+            if new:
+                m["new_items_recall@10"] = rank_metrics(scores, target, others)["recall@10"]
+            out[s.name].append(m)
     return out
 
 
@@ -261,12 +291,12 @@ def run_loo(
     for s in scorers:
         if hasattr(s, "fit"):
             s.fit(hist, split.val)
-    result.val = _rank_all(scorers, split.val, hist)
+    result.val = _rank_all(scorers, split.val, hist, never_learned(hist))
     for batch in batches(split.val, batch_size):
         hist.learn(batch)
         for s in online:
             s.learn(batch)
-    result.test = _rank_all(scorers, split.test, hist)
+    result.test = _rank_all(scorers, split.test, hist, never_learned(hist))
     learned = Counter(i for seq in hist.of.values() for i in seq)
     result.learned = np.asarray([learned[hist.item_index[e.item_id]] for e, _ in split.test], np.int64)
     return result

@@ -81,6 +81,9 @@ class EvalOptions:
     """Leave-one-out rows for the online sequential model (``models.sequence``) and its mixes."""
     sequence_sync_events: tuple[int, ...] = (1_000, 10_000)
     """... and the model served as workers serve it: weights refreshed every this many events."""
+    new_items: float = 0.0
+    """Leave-one-out with this share of the catalogue as new items, never learned before validation
+    (``protocols.loo_split``); the report is then ``eval-<dataset>-new-items<percent>``."""
 
 
 # The default model's ablations and grids: name -> InterestConfig changes.
@@ -104,6 +107,8 @@ SEQUENCE_VARIANTS: dict[str, dict[str, Any]] = {
     "no ID embedding": {"use_id": False},
     "no event types / time gaps": {"use_context": False},
     "no replay": {"replay": 0},
+    # New items by their text: the ID term only after an item's first event, half the IDs hidden per step.
+    "new items by text (ID after first event, ID dropout 0.5)": {"id_needs_event": True, "id_dropout": 0.5},
 }
 # Learning curves (Recall@10 of events ranked before they are learned, over the training replay).
 CURVE_MODELS = ("default", "popularity", "item_knn", "sequence", "mix 0.5")
@@ -229,6 +234,12 @@ def _loo_numbers(result: LooResult, opts: EvalOptions) -> dict[str, Any]:
             entry[f"val_{m}"] = round(float(np.mean([u[m] for u in result.val[name]])), 6)
             for label, mask in groups.items():
                 entry[f"{label}_{m}"] = bootstrap_means(values[mask], opts.n_boot, opts.seed).as_list()
+        # Cold targets ranked among the items no model had events for (``protocols._rank_all``).
+        new = np.asarray([u["new_items_recall@10"] for u in per_user if "new_items_recall@10" in u])
+        entry["cold_new_items_recall@10"] = bootstrap_means(new, opts.n_boot, opts.seed).as_list()
+        val_new = [u["new_items_recall@10"] for u in result.val[name] if "new_items_recall@10" in u]
+        entry["val_cold_new_items_recall@10"] = round(float(np.mean(val_new)), 6) if val_new else None
+        entry["n_val_cold"] = len(val_new)
         entry["n_cold"] = int(groups["cold"].sum())
         entry[f"n_rare{RARE_BELOW}"] = int(groups[f"rare{RARE_BELOW}"].sum())
         out[name] = entry
@@ -318,8 +329,9 @@ def evaluate(
 ) -> dict[str, Any]:
     status = status or (lambda *_: None)
     out.mkdir(parents=True, exist_ok=True)
+    name = log.name + (f"-new-items{round(100 * opts.new_items)}" if opts.new_items else "")
     numbers: dict[str, Any] = {
-        "dataset": log.name,
+        "dataset": name,
         "command": command,
         "events": len(log.events),
         "users": len(log.users),
@@ -335,7 +347,7 @@ def evaluate(
     catalogue = _embed_catalogue(core, log)  # (item matrix in catalogue order, text -> vector)
     if opts.protocol in ("loo", "both"):
         t0 = time.perf_counter()
-        split = loo_split(log)
+        split = loo_split(log, opts.new_items, opts.seed)
         loo, fit_info = _loo(log, split, core, catalogue, opts, status)
         numbers["loo"] = _loo_numbers(loo, opts)
         numbers["loo_learning_curve"] = _learning_curve(loo)
@@ -349,6 +361,8 @@ def evaluate(
             "val": len(split.val),
             "test": len(split.test),
             "test_ties": tied_test_events(split),
+            "new_items": len(split.new_items),
+            "train_dropped_new_items": split.dropped,
         }
         seconds["loo"] = round(time.perf_counter() - t0, 1)
         summary["loo"] = {
@@ -388,8 +402,8 @@ def evaluate(
             if ":" not in name
         }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    (out / f"eval-{log.name}.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
-    (out / f"eval-{log.name}-timings.json").write_text(json.dumps(seconds, indent=1) + "\n")
+    (out / f"eval-{name}.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
+    (out / f"eval-{name}-timings.json").write_text(json.dumps(seconds, indent=1) + "\n")
     numbers["timings"] = seconds
     from evaluation.report import write_report
 

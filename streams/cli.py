@@ -215,6 +215,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.sources import MOVIELENS_SAMPLE
     from streams.settings import build_core
 
+    if not 0.0 <= args.new_items < 1.0:
+        print(
+            f"evaluate: --new-items is a share of the catalogue in [0, 1), not {args.new_items}",
+            file=sys.stderr,
+        )
+        return 2
     if bool(args.events) != bool(args.items):
         print("evaluate: --events and --items go together", file=sys.stderr)
         return 2
@@ -241,6 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sequence=not args.no_sequence,
         sasrec_budget_s=args.sasrec_budget,
         sasrec_epochs=args.sasrec_epochs,
+        new_items=args.new_items,
     )
     # Its own embedding cache by default: a running worker holds the RocksDB lock of its state dir.
     state_dir = (
@@ -266,7 +273,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return 2
     core.encoder.close()
     out = Path(args.out)
-    print(f"wrote {out / 'metrics.json'}, {out / f'eval-{log.name}.md'} and plots")
+    report = out / f"eval-{numbers['dataset']}.md"
+    print(f"wrote {out / 'metrics.json'}, {report} and plots")
     for protocol, key in (("loo", "recall@10"), ("prequential", "acc@1")):
         for model, entry in numbers.get(protocol, {}).items():
             if ":" not in model:
@@ -428,6 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=2560,
         metavar="N",
         help="deployed replicas fold each other in every N events",
+    )
+    e.add_argument(
+        "--new-items",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="leave-one-out with this share of the catalogue as new items: their training events "
+        "are not learned (item cold start); the report is eval-<dataset>-new-items<percent>",
     )
     e.add_argument("--max-users", type=int, default=None, help="only the first N users (quick runs)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -19,8 +19,9 @@ from evaluation.metrics import (
     paired_accuracy_difference,
     rank_metrics,
 )
-from evaluation.protocols import loo_split, tied_test_events
-from models.events import event_order
+from evaluation.protocols import _rank_all, loo_split, never_learned, tied_test_events
+from evaluation.scorers import Histories
+from models.events import Event, Item, event_order
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,6 +117,44 @@ def test_loo_split_orders_by_time_then_event_id_as_the_core_does():
                                                                         ("u2", "1"), ("u2", "2")]  # fmt: skip
 
 
+def test_new_items_keep_their_catalogue_place_and_lose_every_training_event():
+    rng = np.random.default_rng(4)
+    records = [_event(f"u{u}", str(int(rng.integers(40))), float(t)) for u in range(30) for t in range(8)]
+    log = build_log("t", records, {})
+    plain, split = loo_split(log), loo_split(log, new_items=0.25, seed=7)
+    assert len(split.new_items) == round(0.25 * len(log.items)) and split.new_items <= set(log.items)
+    assert split.new_items == loo_split(log, new_items=0.25, seed=7).new_items  # seeded
+    assert split.new_items != loo_split(log, new_items=0.25, seed=8).new_items
+    assert not any(e.item_id in split.new_items for e, _ in split.train)
+    assert split.train == [p for p in plain.train if p[0].item_id not in split.new_items]
+    assert split.dropped == len(plain.train) - len(split.train) > 0
+    assert (split.val, split.test) == (plain.val, plain.test)  # held-out events stay, new items included
+    assert any(e.item_id in split.new_items for e, _ in split.test)
+    with pytest.raises(ValueError, match="share of the catalogue"):
+        loo_split(log, new_items=1.0)
+
+
+def test_a_new_target_is_also_ranked_among_the_items_nobody_has_touched():
+    index = {f"i{k}": k for k in range(40)}
+    hist = Histories(index, 40)
+    item = Item("t", "", ("c",))
+    hist.learn([(Event(f"e{k}", f"u{k % 3}", f"i{k}", float(k), "click"), item) for k in range(20)])
+    pool = never_learned(hist)
+    assert pool.tolist() == [False] * 20 + [True] * 20
+
+    class Fixed:  # known items first (100 - k), then the new ones by index (k)
+        name = "fixed"
+
+        def scores(self, user: str) -> np.ndarray:
+            return np.array([100.0 - k if k < 20 else float(k) for k in range(40)])
+
+    targets = [(Event(f"t{k}", "u9", f"i{k}", 99.0, "click"), item) for k in (35, 25, 3)]
+    got = _rank_all([Fixed()], targets, hist, pool)["fixed"]
+    # i35: 25th of all items (out of the top 10), 5th among the new ones; i25: 15th among them
+    assert [m["recall@10"] for m in got] == [0.0, 0.0, 1.0]
+    assert [m.get("new_items_recall@10") for m in got] == [1.0, 0.0, None]  # i3 is known: no such rank
+
+
 def _synthetic_files(folder: Path) -> tuple[Path, Path]:
     """Users walk one of two item cycles (sequence signal) whose items carry the cycle's category."""
     rng = np.random.default_rng(0)
@@ -190,6 +229,24 @@ def test_evaluate_movielens_shortcut(tmp_path):
     numbers = json.loads((tmp_path / "eval-movielens.json").read_text())
     assert numbers["loo_split"]["test"] == 25 and numbers["rejected"] == {}
     assert numbers["data_notes"]["tag_rule"].startswith("Item text uses only tags")
+
+
+def test_evaluate_with_new_items_writes_its_own_report(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    args = (
+        "--dataset movielens --max-users 40 --protocol loo --no-sasrec --no-ablations --quiet --new-items 0.2"
+    )
+    cmd = [sys.executable, "-m", "streams.cli", "evaluate", *args.split(), "--out", str(tmp_path)]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    numbers = json.loads((tmp_path / "eval-movielens-new-items20.json").read_text())
+    split = numbers["loo_split"]
+    assert split["new_items"] == round(0.2 * numbers["items"]) and split["train_dropped_new_items"] > 0
+    default = numbers["loo"]["default"]
+    assert default["n_cold"] >= 1 and default["cold_new_items_recall@10"][0] is not None
+    assert "**New items**" in (tmp_path / "eval-movielens-new-items20.md").read_text()
+    bad = subprocess.run([*cmd, "--new-items", "1.5"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "share of the catalogue" in bad.stderr
 
 
 def test_dense_variant_keeps_the_most_interacted_items_and_all_their_events():

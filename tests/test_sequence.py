@@ -3,10 +3,12 @@ be reproducible."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from models.events import Event, Item
 from models.sequence import SequenceConfig, SequenceModel, gap_bucket
@@ -112,6 +114,73 @@ def test_an_item_never_seen_is_scored_through_its_text():
         new_scores = {c: s[model.index[f"new{c}"]] for c in range(4)}
         wins += int(max(new_scores, key=new_scores.get) == want)
     assert wins >= 16, wins  # chance: 5 of 20
+
+
+def test_an_item_counts_its_id_embedding_only_once_an_event_on_it_is_learned():
+    """With ``id_needs_event``, until an item has an event it is its text projection, exactly, also in a
+    snapshot a worker loads (by default its ID term counts from the start)."""
+    batches, _ = cycle_stream(n_users=10, steps=6)
+    model = new_model(replace(SMALL, id_buckets=1 << 12, id_needs_event=True))
+    default = new_model(replace(SMALL, id_buckets=1 << 12))
+    default.add_items([("untouched", texts(1, seed=3)[0])])
+    model.add_items([("untouched", texts(1, seed=3)[0])])
+    for batch in batches:
+        model.learn(batch)
+        default.learn(batch)
+    net, row = model.net, model.index["untouched"]
+    text = torch.from_numpy(model._text[row])[None]
+    with torch.no_grad():
+        text_only = net.text_proj(text)[0].numpy()
+        id_term = net.id_emb.weight[model.bucket("untouched")].numpy()
+    assert np.abs(id_term).max() > 0  # a slot with weights, which must not count yet
+    np.testing.assert_allclose(model.item_vectors()[row], text_only, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        d = default.net
+        with_id = (d.text_proj(text)[0] + d.id_emb.weight[default.bucket("untouched")]).numpy()
+    np.testing.assert_allclose(default.item_vectors()[row], with_id, rtol=0, atol=1e-6)
+    served = SequenceModel.from_bytes(model.to_bytes())
+    got = served.item_vectors_of(["untouched", "i0"], np.stack([model._text[row], model._text[0]]))
+    np.testing.assert_allclose(got[0], text_only, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got[1], model.item_vectors()[model.index["i0"]], rtol=0, atol=1e-6)
+    # Its first event is learned: from then on the ID term counts.
+    model.learn([(Event("e-new", "u0", "untouched", 1e9, "click"), Item("t", "", ("c",)))])
+    with torch.no_grad():  # (the step moved the projection too)
+        expected = (net.text_proj(text)[0] + net.id_emb.weight[model.bucket("untouched")]).numpy()
+    np.testing.assert_allclose(model.item_vectors()[row], expected, rtol=0, atol=1e-6)
+
+
+def test_a_snapshot_from_before_the_id_flags_counts_every_id():
+    model = new_model()
+    raw = model.to_bytes()
+    head_len = int.from_bytes(raw[5:9], "little")
+    header = json.loads(raw[9 : 9 + head_len])
+    # The same snapshot without the flags tensor, as a trainer from before the flags wrote it.
+    state = {k: v for k, v in model.net.state_dict().items() if k != "id_learned"}
+    header["tensors"] = [[k, list(v.shape)] for k, v in state.items()]
+    head = json.dumps(header, sort_keys=True).encode()
+    old = (
+        raw[:5]
+        + len(head).to_bytes(4, "little")
+        + head
+        + b"".join(v.numpy().tobytes() for v in state.values())
+    )
+    loaded = SequenceModel.from_bytes(old)
+    assert bool((loaded.net.id_learned == 1.0).all())
+    model.net.id_learned.fill_(1.0)  # what the old model scored with
+    ids, text = [f"i{k}" for k in range(5)], texts(5)
+    np.testing.assert_array_equal(loaded.item_vectors_of(ids, text), model.item_vectors_of(ids, text))
+
+
+def test_id_dropout_of_one_trains_only_the_text_path():
+    batches, _ = cycle_stream(n_users=10, steps=6)
+    model = new_model(replace(SMALL, id_dropout=1.0, id_needs_event=True))
+    before = model.net.id_emb.weight.detach().clone()
+    proj = model.net.text_proj.weight.detach().clone()
+    for batch in batches:
+        model.learn(batch)
+    assert torch.equal(model.net.id_emb.weight, before)  # every ID term hidden: no gradient reaches one
+    assert not torch.equal(model.net.text_proj.weight, proj)
+    assert bool(model.net.id_learned[[model.bucket(f"i{k}") for k in range(N_ITEMS)]].any())
 
 
 def test_sampled_softmax_beyond_the_full_softmax_size_still_learns():
