@@ -68,6 +68,15 @@ def _chosen_scorer(loo: dict[str, Any]) -> list[str]:
             f"- {chosen} vs the counting ranker (default): {_ci(c)} vs {_ci(d)}, intervals apart: {mark}; "
             f"paired difference {_ci(loo[chosen].get('recall@10_minus_default', [None] * 3))}"
         )
+    n_cold = loo[chosen].get("n_cold", 0)
+    if n_cold:
+        cold = loo[chosen]["cold_recall@10"]
+        best = max(loo, key=lambda m: (loo[m]["cold_recall@10"][0] or 0.0, m == chosen))
+        mark = "yes" if (cold[1] or 0.0) > 0 else "**no**"
+        lines.append(
+            f"- never-seen test items ({n_cold}), Recall@10 of {chosen}: {_ci(cold)}, clearly above zero "
+            f"(interval above 0): {mark}; best of all models: {best} {_ci(loo[best]['cold_recall@10'])}"
+        )
     return lines
 
 
