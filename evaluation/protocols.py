@@ -21,7 +21,7 @@ movies, so an item seen only at test time has one rating in the whole log.
 from __future__ import annotations
 
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -297,6 +297,6 @@ def run_loo(
         for s in online:
             s.learn(batch)
     result.test = _rank_all(scorers, split.test, hist, never_learned(hist))
-    learned = Counter(i for seq in hist.of.values() for i in seq)
-    result.learned = np.asarray([learned[hist.item_index[e.item_id]] for e, _ in split.test], np.int64)
+    test_items = [hist.item_index[e.item_id] for e, _ in split.test]
+    result.learned = hist.counts[test_items].astype(np.int64)
     return result
