@@ -22,7 +22,7 @@ import numpy as np
 
 from evaluation.data import load_movielens
 from evaluation.protocols import loo_split, run_loo
-from evaluation.run import _embed_catalogue
+from evaluation.run import MIX_WEIGHTS, _embed_catalogue
 from evaluation.scorers import CoreModel, Histories, LastItemText, Mix, OnlineSequence, Scorer
 from models.sequence import SequenceConfig
 from models.sources import MOVIELENS_SAMPLE
@@ -59,7 +59,7 @@ def main() -> None:
         for name, changes in variants.items():
             config = replace(SequenceConfig(), **json.loads(changes))
             seq = OnlineSequence(f"sequence {name}", log.items, item_emb, config)
-            scorers += [seq] + [Mix(f"mix {w} {name}", seq, default, w) for w in (0.25, 0.5, 0.75)]
+            scorers += [seq] + [Mix(f"mix {w} {name}", seq, default, w) for w in MIX_WEIGHTS]
         return scorers
 
     result = run_loo(log, make, split=split)
