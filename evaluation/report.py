@@ -229,6 +229,14 @@ def render_markdown(n: dict[str, Any], plots: list[str]) -> str:
             f"ordered by event id everywhere; {s.get('test_ties', 0):,} test events tie in time with the "
             "user's validation event."
         )
+        slots, within = n.get("config", {}).get("fresh_slots", 0), n.get("config", {}).get("fresh_within", 10)
+        if slots:
+            L.append("")
+            L.append(
+                f"The default and the mixes are judged on the list a worker serves: the last {slots} of its "
+                f"first {within} places go to new items (no learned event), those nearest by text to the "
+                "user's recent items (`fresh_slots`; the ablation *default: no fresh places* turns them off)."
+            )
         if s.get("new_items"):
             L.append("")
             L.append(

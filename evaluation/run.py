@@ -100,6 +100,9 @@ LOO_VARIANTS: dict[str, dict[str, Any]] = {
     "text_weight 0.3": {"text_weight": 0.3},
     # The bounded ranker (candidates, pruned successor lists) against scoring the whole catalogue.
     "unbounded ranker (whole catalogue, every count)": {"text_candidates": 0, "successors_kept": 0},
+    # The places kept for new items at the end of the top 10 (``fresh_slots``).
+    "no fresh places": {"fresh_slots": 0},
+    "2 fresh places": {"fresh_slots": 2},
 }
 # The online sequential model's ablations: name -> SequenceConfig changes.
 SEQUENCE_VARIANTS: dict[str, dict[str, Any]] = {

@@ -152,13 +152,35 @@ class CoreModel:
         out = self.core.apply(batch, self.embeddings, self.states, self.head, self.ranker)
         self.states.update(out.states)
 
-    def scores(self, user: str) -> np.ndarray:
+    def _state(self, user: str) -> UserState:
         state = self.states.get(user)
-        if state is None:
-            state = self.core.new_state()
+        return state if state is not None else self.core.new_state()
+
+    def scores(self, user: str) -> np.ndarray:
+        """The list as a worker serves it: the ranker's scores, the user's recent items left out, the
+        fresh places filled (``NextItemRanker.ranked``)."""
+        state = self._state(user)
         if self.ranker is None:
             return self.item_emb @ state.embedding()
-        return self.ranker.scores(state.recent_items, state.embedding())
+        return self.ranker.scores(state.recent_items, state.embedding(), exclude=state.recent_items)
+
+    def mix_scores(self, user: str) -> np.ndarray:
+        """The ranker's own scores, before the list is made (what ``Mix`` mixes)."""
+        state = self._state(user)
+        if self.ranker is None:
+            return self.item_emb @ state.embedding()
+        items, values = self.ranker.candidates(state.recent_items, state.embedding())
+        out = np.full(self.ranker.n_items, -np.inf)
+        out[items] = values
+        return out
+
+    def place_fresh(self, user: str, scores: np.ndarray) -> np.ndarray:
+        """``scores`` over the catalogue made into a served list the way ``scores`` is (the fresh places)."""
+        if self.ranker is None:
+            return scores
+        recent = self._state(user).recent_items
+        items, placed = self.ranker.place_fresh(np.arange(len(scores)), scores, recent, exclude=recent)
+        return placed
 
 
 def with_config(core: InterestCore, **changes: object) -> InterestCore:
@@ -274,6 +296,17 @@ class Mix:
         z[~ranked] = z[ranked].min()
         return z
 
+    @staticmethod
+    def _scores(s: Scorer, user: str) -> np.ndarray:
+        mix_scores = getattr(s, "mix_scores", None)
+        return mix_scores(user) if mix_scores is not None else s.scores(user)
+
     def scores(self, user: str) -> np.ndarray:
-        a, b = self._z(self.a.scores(user)), self._z(self.b.scores(user))
-        return self.weight_a * a + (1 - self.weight_a) * b
+        """The mixed scores, made into a list as the product's ranker makes its own (its fresh places), so
+        a mix and the default are judged on the same kind of list."""
+        a, b = self._z(self._scores(self.a, user)), self._z(self._scores(self.b, user))
+        mixed = self.weight_a * a + (1 - self.weight_a) * b
+        for part in (self.a, self.b):
+            if isinstance(part, CoreModel) and part.ranker is not None:
+                return part.place_fresh(user, mixed)
+        return mixed

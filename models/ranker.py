@@ -17,6 +17,11 @@ from the same stream, as sparse successor counts, and mixes three scores for ite
 Learning is counting, so it is exact, one pass, order-independent across users and cheap (a few dict
 updates per event); the per-user part is the interest state plus the last ``history_len`` item ids.
 Every number is in ``InterestConfig``.
+
+Counting ranks only items someone has acted on: a new item's score is its text term alone, which never
+beats a counted successor. So the last ``fresh_slots`` places of the first ``fresh_within`` go to new
+items (no learned event), those nearest by text to the user's recent items (weighted like the query,
+``history_decay**k``): the text path's share of the list, and the only way a new item is ever shown.
 """
 
 from __future__ import annotations
@@ -175,12 +180,64 @@ class NextItemRanker:
         full[np.searchsorted(items, seq_items)] = seq
         return items, self._score(items, full, seq_top, interest)
 
-    def scores(self, history: Sequence[str], interest: np.ndarray | None) -> np.ndarray:
-        """Scores of every known item, in ``self.ids`` order (higher = more likely next); items a
-        bounded ranker does not consider score -inf."""
-        items, values = self.candidates(history, interest)
-        if len(items) == self.n_items:
-            return values
+    def ranked(
+        self, history: Sequence[str], interest: np.ndarray | None, exclude: Iterable[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(item indices, scores) as the list is served: the candidates, then ``place_fresh``."""
+        items, s = self.candidates(history, interest)
+        return self.place_fresh(items, s, history, exclude)
+
+    def place_fresh(
+        self, items: np.ndarray, s: np.ndarray, history: Sequence[str], exclude: Iterable[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``s`` of ``items`` with ``exclude`` left out (-inf) and the fresh items (``fresh``) scored
+        just below the ``fresh_within - fresh_slots`` best others, so that any top k of the result is the
+        recommended list. A fresh item's score is therefore a place, not a score of its own. Any scores
+        over the ranker's items can be placed (``evaluate``'s mixes use it too)."""
+        s = np.array(s, dtype=np.float64)
+        excluded = np.fromiter((self.index.get(i, -1) for i in exclude), np.int64)
+        s[np.isin(items, excluded)] = -np.inf
+        fresh = self.fresh(history, excluded, self.config.fresh_slots)
+        if not len(fresh):
+            return items, s
+        missing = fresh[~np.isin(fresh, items)]  # not among the candidates: join them
+        items = np.concatenate([items, missing])
+        s = np.concatenate([s, np.full(len(missing), -np.inf)])
+        others = np.sort(s[~np.isin(items, fresh) & np.isfinite(s)])[::-1]
+        above = self.config.fresh_within - len(fresh)  # others placed before the fresh items
+        place = others[min(above, len(others)) - 1] if len(others) else 0.0
+        for j in fresh:  # just below ``place``, best first, one float step apart
+            place = np.nextafter(place, -np.inf)
+            s[items == j] = place
+        return items, s
+
+    def fresh(self, history: Sequence[str], excluded: np.ndarray, n: int) -> np.ndarray:
+        """Up to ``n`` new items (no learned event), nearest by text to the recent items, best first. A
+        bounded ranker looks among the ``text_candidates`` items nearest to that query, so the cost does not
+        grow with the catalogue: where fewer new items are that near, fewer places are kept for them."""
+        cfg = self.config
+        if n <= 0 or not self.n_items:
+            return np.zeros(0, np.int64)
+        known = [self.index[i] for i in history[-cfg.history_len :] if i in self.index]
+        if not known:
+            return np.zeros(0, np.int64)
+        weights = cfg.history_decay ** np.arange(len(known) - 1, -1, -1, dtype=np.float64)
+        query = (weights[:, None] * self._emb[known]).sum(axis=0).astype(np.float32)
+        norm = float(np.linalg.norm(query))
+        if norm == 0:
+            return np.zeros(0, np.int64)
+        query /= np.float32(norm)
+        near = self._nearest(query, cfg.text_candidates) if cfg.text_candidates else np.arange(self.n_items)
+        near = near[(self._pop[near] == 0) & ~np.isin(near, excluded)]
+        sims = self._emb[near] @ query
+        return near[np.lexsort((near, -sims))[:n]]
+
+    def scores(
+        self, history: Sequence[str], interest: np.ndarray | None, exclude: Iterable[str] = ()
+    ) -> np.ndarray:
+        """Scores of every known item, in ``self.ids`` order, as ``ranked`` gives them (higher = earlier in
+        the list); items a bounded ranker does not consider, and ``exclude``, score -inf."""
+        items, values = self.ranked(history, interest, exclude)
         out = np.full(self.n_items, -np.inf)
         out[items] = values
         return out
@@ -189,9 +246,7 @@ class NextItemRanker:
         self, history: Sequence[str], interest: np.ndarray | None, k: int, exclude: Iterable[str] = ()
     ) -> list[tuple[str, float]]:
         """The top ``k`` items (id, score), leaving out ``exclude`` (e.g. what the user already has)."""
-        items, s = self.candidates(history, interest)
-        excluded = np.fromiter((self.index.get(i, -1) for i in exclude), np.int64)
-        s[np.isin(items, excluded)] = -np.inf
+        items, s = self.ranked(history, interest, exclude)
         k = min(k, int(np.isfinite(s).sum()))
         top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, np.int64)
         top = top[np.lexsort((items[top], -s[top]))]  # by score, ties by item index
@@ -244,6 +299,11 @@ class NextItemRanker:
         if n and (self.ids[n - 1] != previous.ids[n - 1] or self.ids[0] != previous.ids[0]):
             return
         self.text_index = old
+
+    def is_new(self, item_id: str) -> bool:
+        """True for an item no learned event has touched (what the fresh places are kept for)."""
+        j = self.index.get(item_id)
+        return j is None or self._pop[j] == 0
 
     def because(self, history: Sequence[str], item_id: str, n: int = 3) -> list[str]:
         """The user's recent items that put ``item_id`` in their recommendations: those whose successor

@@ -156,7 +156,8 @@ async def recommendations_of(user_id: str, k: int) -> dict[str, Any]:
         because = ranker.because(state.recent_items, item_id)
         titles = [title_of(i) for i in because]
         items.append({"item_id": item_id, "title": title_of(item_id), "score": round(score, 6),
-                      "because": because, "because_titles": titles})  # fmt: skip
+                      "because": because, "because_titles": titles,
+                      "new": ranker.is_new(item_id)})  # fmt: skip
     return {"user_id": user_id, "version": state.version, "model": served_model.version, "items": items}
 
 

@@ -114,6 +114,7 @@ def test_any_worker_answers_for_any_user_as_the_updates_say(kafka_bootstrap, tmp
                 assert r["title"] == items[r["item_id"]].title
                 assert set(r["because"]) <= {i for _, i, _ in mine[-settings.model.history_len :]}
                 assert r["because_titles"] == [items[i].title for i in r["because"]]
+                assert r["new"] == ranker.is_new(r["item_id"])  # no learned event in the snapshot
 
             status, interest = get(port, f"/users/{user}/interest")
             assert status == 200, interest
@@ -130,6 +131,8 @@ def test_any_worker_answers_for_any_user_as_the_updates_say(kafka_bootstrap, tmp
 
         # the items behind a recommendation: the user's recent items that the ranker says it follows
         assert sum(bool(r["because"]) for recs, _ in answers.values() for r in recs["items"]) >= 10
+        # and the 10th place, kept for an item nobody has acted on yet (fresh_slots), is filled by text
+        assert sum(recs["items"][9]["new"] for recs, _ in answers.values() if len(recs["items"]) == 10) >= 10
         some_user, some_item = next(iter(counts)), late[-1][1]["item_id"]
         assert get(port, "/users/nobody-at-all/interest") == (
             404,

@@ -141,7 +141,8 @@ def test_a_bounded_ranker_scores_its_candidates_exactly_and_finds_the_same_top_i
         full = unbounded.recommend(history, interest, 10, history)
         assert everything.recommend(history, interest, 10, history) == full  # all candidates: identical
         items, scores = bounded.candidates(history, interest)
-        reference = unbounded.scores(history, interest)
+        reference = np.full(unbounded.n_items, -np.inf)
+        reference[unbounded.candidates(history, interest)[0]] = unbounded.candidates(history, interest)[1]
         np.testing.assert_allclose(scores, reference[items], rtol=1e-6)  # candidates score exactly
         same += len({i for i, _ in bounded.recommend(history, interest, 10, history)} & {i for i, _ in full})
     assert same / 300 >= 0.9
@@ -196,3 +197,60 @@ def test_a_newer_snapshot_extends_the_index_of_the_one_in_force_which_keeps_rank
     other.ids[0] = "something-else"  # not an extension of the old item list: its own index
     other.adopt_index(old)
     assert other.text_index is None
+
+
+def _with_new_items(cfg: InterestConfig) -> NextItemRanker:
+    """``_learned``'s ranker plus 20 new items (text only, no event), new{k} with i{k}'s text turned a bit."""
+    r = _learned(cfg)
+    for k in range(20):
+        v = unit(k) + 0.3 * unit(5000 + k)
+        r.add_item(f"new{k}", v / np.linalg.norm(v))
+    return r
+
+
+def test_new_items_take_the_last_fresh_place_by_their_text_and_the_rest_keeps_its_order():
+    fresh = _with_new_items(InterestConfig(fresh_slots=2, fresh_within=10))
+    plain = _with_new_items(InterestConfig(fresh_slots=0))
+    history = ["i3", "i7", "i1"]  # newest last: i1's text weighs most in the fresh items' query
+    served = [i for i, _ in fresh.recommend(history, None, 12, exclude=history)]
+    before = [i for i, _ in plain.recommend(history, None, 12, exclude=history)]
+    assert not any(i.startswith("new") for i in before)  # counts alone never rank a new item this high
+    assert served[:8] == before[:8]
+    # The two items nobody acted on nearest the recent items' text, weighted 0.7 ** age (i1 newest).
+    query = sum(0.7**age * fresh._emb[fresh.index[i]] for age, i in enumerate(["i1", "i7", "i3"]))
+    untouched = np.flatnonzero(fresh.popularity_scores() == 0)
+    nearest = untouched[np.argsort(-(fresh._emb[untouched] @ query))[:2]]
+    assert served[8:10] == [fresh.ids[j] for j in nearest]
+    assert served[8] == "new1"  # i1's text, turned a bit
+    assert served[10:] == before[8:10]  # a longer list goes on where it left off
+    assert [i for i, _ in fresh.recommend(history, None, 8, exclude=history)] == before[:8]  # too short
+    scores = fresh.scores(history, None, exclude=history)
+    assert list(np.argsort(-scores, kind="stable")[:12]) == [fresh.index[i] for i in served]
+    fresh.learn(history, "new1", unit(1))  # its first event: counted now, no longer new
+    assert "new1" not in [i for i, _ in fresh.recommend(history, None, 10, exclude=history)][8:]
+
+
+def test_a_bounded_ranker_keeps_no_fresh_place_for_a_new_item_far_from_the_query():
+    def walked(cfg: InterestConfig) -> NextItemRanker:  # every item acted on: none is new
+        r = NextItemRanker(cfg, DIM)
+        history: list[str] = []
+        for step in range(60):
+            item = f"a{step % 20}"
+            r.learn(history, item, unit(step % 20))
+            history = (history + [item])[-cfg.history_len :]
+        return r
+
+    r = walked(InterestConfig(text_candidates=5))
+    off = walked(InterestConfig(text_candidates=5, fresh_slots=0))
+    r.add_item("far", -unit(1))  # opposite to the query: never among the 5 nearest items
+    history = ["a0", "a1"]
+    assert r.recommend(history, unit(1), 10, history) == off.recommend(history, unit(1), 10, history)
+    r.add_item("near", unit(1))
+    assert r.recommend(history, unit(1), 10, history)[-1][0] == "near"
+
+
+def test_fresh_places_must_leave_room_in_the_list():
+    with pytest.raises(ValueError, match="fresh_slots"):
+        InterestConfig(fresh_slots=10, fresh_within=10)
+    with pytest.raises(ValueError, match="fresh_slots"):
+        InterestConfig(fresh_slots=-1)
