@@ -303,7 +303,7 @@ class NextItemRanker:
     def is_new(self, item_id: str) -> bool:
         """True for an item no learned event has touched (what the fresh places are kept for)."""
         j = self.index.get(item_id)
-        return j is None or self._pop[j] == 0
+        return j is None or bool(self._pop[j] == 0)
 
     def because(self, history: Sequence[str], item_id: str, n: int = 3) -> list[str]:
         """The user's recent items that put ``item_id`` in their recommendations: those whose successor

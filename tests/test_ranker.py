@@ -226,7 +226,9 @@ def test_new_items_take_the_last_fresh_place_by_their_text_and_the_rest_keeps_it
     assert [i for i, _ in fresh.recommend(history, None, 8, exclude=history)] == before[:8]  # too short
     scores = fresh.scores(history, None, exclude=history)
     assert list(np.argsort(-scores, kind="stable")[:12]) == [fresh.index[i] for i in served]
+    assert fresh.is_new("new1") is True and fresh.is_new("i1") is False  # plain bools (the API's JSON)
     fresh.learn(history, "new1", unit(1))  # its first event: counted now, no longer new
+    assert fresh.is_new("new1") is False
     assert "new1" not in [i for i, _ in fresh.recommend(history, None, 10, exclude=history)][8:]
 
 
