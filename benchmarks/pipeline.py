@@ -92,6 +92,12 @@ class Worker:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the worker process has used so far: its own cost, apart from the
+        broker's and this script's, which share the machine's cores."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def state_bytes_on_disk(self) -> int:
         tables = self.state / "faust"
         return sum(f.stat().st_size for f in tables.rglob("*") if f.is_file() and "user-state" in str(f))
@@ -121,17 +127,19 @@ def throughput(bootstrap: str, work: Path, records, items, cache: Path | None, t
     consumer = worker.updates()
     worker.start()
     seen: dict[str, int] = {}
-    first = None
+    first, cpu_first = None, 0.0
     t0 = time.perf_counter()
     try:
         while any(seen.get(u, 0) < n for u, n in expected.items()):
             for msg in consumer:
                 update = json.loads(msg.value)
                 seen[update["user_id"]] = update["events_applied"]
-                first = first or time.perf_counter()
+                if first is None:
+                    first, cpu_first = time.perf_counter(), worker.cpu_s()
             if time.perf_counter() - t0 > 1800:
                 raise SystemExit(f"timed out; see {worker.log}")
         last = time.perf_counter()
+        cpu = worker.cpu_s() - cpu_first
         rss = worker.peak_rss_mb()
         states = [u for u in seen]
     finally:
@@ -140,6 +148,7 @@ def throughput(bootstrap: str, work: Path, records, items, cache: Path | None, t
         "events": len(records),
         "users": len(expected),
         "events_per_s": len(records) / (last - first),
+        "worker_cpu_ms_per_event": 1000 * cpu / len(records),
         "first_update_s": first - t0,
         "peak_rss_mb": rss,
         "user_state_bytes_on_disk_per_user": worker.state_bytes_on_disk() / max(len(states), 1),

@@ -31,7 +31,16 @@ from models.head import PrequentialStats, SoftmaxHead
 from models.interest import UserState
 from models.sharding import partition_for
 from streams import metrics
-from streams.app import app, dlq_topic, event_topic, heads, settings, user_states
+from streams.app import (
+    app,
+    dlq_topic,
+    event_topic,
+    heads,
+    partitions_of,
+    send_record_batches,
+    settings,
+    user_states,
+)
 from streams.batching import adaptive_batches
 from streams.catalog import Catalog
 from streams.checkpoint import TP, OffsetLedger, Verdict
@@ -111,12 +120,10 @@ def partition_of(event: EventT) -> Iterator[None]:
         faust.streams._current_event.reset(token)
 
 
-class TableStates:
-    """Read-only mapping view of the user-state table for ``InterestCore.apply``."""
-
-    def get(self, user_id: str) -> UserState | None:
-        raw = user_states.get(user_id.encode())
-        return UserState.from_bytes(raw) if raw is not None else None
+def read_states(partition: int, users: Sequence[str]) -> dict[str, UserState]:
+    """The stored states of ``users`` (those that have one), read from ``partition``'s store at once."""
+    raws = user_states.get_many(partition, [u.encode() for u in users])
+    return {u: UserState.from_bytes(raw) for u, raw in zip(users, raws, strict=True) if raw is not None}
 
 
 catalog = Catalog(settings.broker, settings.items_topic, Path(settings.state_dir) / "catalog")
@@ -255,18 +262,20 @@ async def apply_partition(
     """
     head_key = str(partition).encode()
     source = {id(event): record for record, event, _ in group}
-    still_owner(rebalances)  # no await between this check and the writes below
+    # No await from this check to the writes below (``set_many`` checks again before any later send).
+    still_owner(rebalances)
+    stored = read_states(partition, list(dict.fromkeys(e.user_id for _, e, _ in group)))
     with partition_of(group[0][0]):
         raw = heads.get(head_key)
         kept = _heads.pop(partition, None)  # out while in use: a failed batch leaves no half-trained copy
         head = kept[1] if kept is not None and kept[0] == raw else core.load_head(raw)
         head_exchange.maybe_fold(head, partition)
         scored_before = dataclasses.replace(head.stats)  # a copy: apply() updates it in place
-        result = core.apply([(e, i) for _, e, i in group], embeddings, TableStates(), head)
-        for user_id, state in result.states.items():
-            user_states[user_id.encode()] = state.to_bytes()
+        result = core.apply([(e, i) for _, e, i in group], embeddings, stored, head)
         raw = heads[head_key] = head.to_bytes()
         _heads[partition] = (raw, head)
+    changed = {user_id.encode(): state.to_bytes() for user_id, state in result.states.items()}
+    await user_states.set_many(partition, changed, check=lambda: still_owner(rebalances))
     counters.prequential += head.stats - scored_before
     metrics.rolling.add(head.stats - scored_before)
     for event, why in result.failed:
@@ -338,33 +347,19 @@ def take_unacknowledged() -> list[asyncio.Future]:
 async def publish(updates: list[InterestUpdate]) -> None:
     """Hand the updates to the producer (the broker's acknowledgements are awaited by the caller).
 
-    One record batch per partition of the updates topic, not one ``send`` per update: a send costs
-    aiokafka a future, a partitioner call and an accumulator lookup, faust's ``Topic.send`` a channel and
-    a future message on top, together more than encoding the update. Each update goes to the partition
-    Kafka's default partitioner gives its key (``models.sharding``), as a keyed send would."""
+    Record batches per partition of the updates topic (``send_record_batches``), not one ``send`` per
+    update. Each update goes to the partition Kafka's default partitioner gives its key
+    (``models.sharding``), as a keyed send would."""
     if not updates:
         return
-    producer = app.producer._ensure_producer()  # the aiokafka producer under faust's wrapper
     topic = settings.updates_topic
-    partitions = producer.client.cluster.partitions_for_topic(topic)
-    if not partitions:
-        await producer.client._wait_on_metadata(topic)
-        partitions = producer.client.cluster.partitions_for_topic(topic)
+    partitions = await partitions_of(topic)
     by_partition: dict[int, list[InterestUpdate]] = defaultdict(list)
     for update in updates:
-        by_partition[partition_for(update.user_id.encode(), len(partitions))].append(update)
+        by_partition[partition_for(update.user_id.encode(), partitions)].append(update)
     for partition, group in by_partition.items():
-        batch = producer.create_batch()
-        for update in group:
-            key, value = update.user_id.encode(), update.to_bytes(settings.update_vectors)
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-                batch.close()
-                unacknowledged.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"an update of {len(value)} bytes does not fit in a producer batch")
-        batch.close()
-        unacknowledged.append(await producer.send_batch(batch, topic, partition=partition))
+        records = ((u.user_id.encode(), u.to_bytes(settings.update_vectors)) for u in group)
+        unacknowledged.extend(sent for sent, _ in await send_record_batches(topic, partition, records))
 
 
 async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
@@ -513,9 +508,60 @@ def owned_partitions() -> list[int]:
     return sorted({tp.partition for tp in actives if tp.topic in settings.event_topics})
 
 
+_assigned_at = time.monotonic()
+silent_records: dict[TP, int] = {}
+"""Owned input partitions that hold records but have delivered none (``wake_silent_partitions``)."""
+
+
+@app.on_partitions_assigned.connect
+async def note_assignment(sender: object, assigned: object, **kwargs: object) -> None:
+    global _assigned_at
+    _assigned_at = time.monotonic()
+
+
+@app.timer(interval=10.0)
+async def wake_silent_partitions() -> None:
+    """Find owned input partitions that hold unread records but have delivered none to the agent for
+    ``STALL_S`` while the worker sat idle, say so, and make the consumer fetch them again (resume, seek
+    to where reading starts).
+
+    Seen once, in a two-worker test on an overloaded machine: after a restart's rebalance a worker owned
+    a partition with a backlog, nothing arrived from it, and the worker reported no lag (the ledger counts
+    only partitions that delivered something). Records are not lost that way (nothing of them is
+    committed), but nobody would process them until the next rebalance.
+    """
+    silent_records.clear()
+    now = time.monotonic()
+    if _core is None or app.rebalancing or not app.consumer.flow_active:
+        return
+    if min(now - _assigned_at, now - ledger.progressed_at) < STALL_S:
+        return
+    owned = [tp for tp in app.assignor.assigned_actives() if tp.topic in settings.event_topics]
+    if not owned:
+        return
+    try:
+        ends = await app.consumer.highwaters(*owned)
+        earliest = await app.consumer.earliest_offsets(*owned)
+    except Exception:  # noqa: BLE001 - the broker may be briefly away: look again next time
+        return
+    committed = app.consumer._committed_offset
+    start = {TP(*tp): max(committed.get(tp) or 0, earliest.get(tp, 0)) for tp in owned}
+    found = ledger.silent([TP(*tp) for tp in owned], app.consumer_generation_id, app.rebalancing_count,
+                          start, {TP(*tp): end for tp, end in ends.items()})  # fmt: skip
+    if not found:
+        return
+    silent_records.update(found)
+    log.warning("%s hold %d unread records and delivered none for %.0f s; fetching them again",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in found), sum(found.values()),
+                now - max(_assigned_at, ledger.progressed_at))  # fmt: skip
+    app.consumer.resume_partitions({faust.types.TP(*tp) for tp in found})
+    with contextlib.suppress(Exception):  # refused mid-rebalance: the next look tries again
+        await seek({tp: start[tp] for tp in found})
+
+
 def health() -> dict:
     """What ``/ready`` and the periodic log line report."""
-    behind = lag()
+    behind = lag() + sum(silent_records.values())
     idle_s = time.monotonic() - ledger.progressed_at
     stalled = behind > 0 and idle_s > STALL_S
     return {

@@ -14,10 +14,12 @@ State:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import faust
+import rocksdict
 
 from streams.settings import Settings
 
@@ -69,6 +71,7 @@ class DurableTable(faust.Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unacknowledged: list[asyncio.Future] = []
+        self._persisted: dict[int, int] = {}  # partition -> last changelog offset written by set_many
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         fut = super().send_changelog(*args, **kwargs)
@@ -79,6 +82,104 @@ class DurableTable(faust.Table):
         """The changelog sends since the last call (the caller awaits or drops them)."""
         pending, self._unacknowledged = self._unacknowledged, []
         return pending
+
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """The values of ``keys`` in ``partition``'s store, in one RocksDB multi-get.
+
+        ``table.get(key)`` reads one key, finding the partition through faust's current event; a batch
+        that touches many users paid that per user."""
+        return self.data._db_for_partition(partition).get(keys) if keys else []
+
+    async def set_many(
+        self, partition: int, items: dict[bytes, bytes], check: Callable[[], None] | None = None
+    ) -> None:
+        """Do what ``table[key] = value`` does for every item, in bulk: one RocksDB write batch into
+        ``partition``'s store, then the changelog records as producer record batches (their futures join
+        ``take_unacknowledged``), and, once the broker has them, the store's persisted changelog offset,
+        which faust's recovery starts from.
+
+        ``table[key] = value`` sends one record through faust's buffer, with a future, a callback and a
+        second RocksDB write (the persisted offset) per key; with thousands of users per batch that was a
+        large share of the worker's time. The records are the ones faust would send (raw key and value,
+        the key's table partition), so recovery, standbys and ``streams.recovery`` read them as before.
+        ``check`` runs before each changelog batch (``send_record_batches``): the caller's "do I still own
+        this partition?".
+        """
+        if not items:
+            return
+        store = self.data
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in items.items():
+            batch.put(key, value)
+        store._db_for_partition(partition).write(batch)
+        for key in items:
+            store._key_index[key] = partition
+        topic = self.changelog_topic.get_topic_name()
+        tp = faust.types.TP(topic, partition)
+
+        def persisted(sent: asyncio.Future, count: int) -> None:
+            if not sent.cancelled() and sent.exception() is None:
+                last = sent.result().offset + count - 1  # a batch's metadata carries its base offset
+                if last > self._persisted.get(partition, -1):
+                    self._persisted[partition] = last
+                    store.set_persisted_offset(tp, last)
+
+        for sent, count in await send_record_batches(topic, partition, items.items(), check):
+            sent.add_done_callback(lambda f, n=count: persisted(f, n))
+            self._unacknowledged.append(sent)
+
+
+_last_batch: dict[tuple[str, int], asyncio.Future] = {}
+
+
+async def partitions_of(topic: str) -> int:
+    """How many partitions ``topic`` has, from the producer's metadata (fetched once if not known)."""
+    producer = app.producer._ensure_producer()  # the aiokafka producer under faust's wrapper
+    return len(await producer.client._wait_on_metadata(topic))
+
+
+async def send_record_batches(
+    topic: str,
+    partition: int,
+    records: Iterable[tuple[bytes, bytes]],
+    check: Callable[[], None] | None = None,
+) -> list[tuple[asyncio.Future, int]]:
+    """Hand ``records`` (key, value) to the producer as record batches for one partition; return each
+    batch's future (resolved when the broker has it) and its record count.
+
+    One ``send`` per record costs aiokafka a future, a partitioner call and an accumulator lookup, and
+    faust's ``Topic.send`` a channel and a future message on top: more than the record itself.
+
+    A batch goes to the producer only once the previous batch of its partition is delivered, and
+    ``check`` (which raises to stop) runs right before each one, after any wait: so a caller that must
+    not write once its partitions are being handed over (a rebalance) stops between batches, instead of
+    having aiokafka append a batch after the hand-over's flush."""
+    producer = app.producer._ensure_producer()
+    await producer.client._wait_on_metadata(topic)
+    sent: list[tuple[asyncio.Future, int]] = []
+
+    async def send(batch: Any, count: int) -> None:
+        batch.close()
+        previous = _last_batch.get((topic, partition))
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        if check is not None:
+            check()
+        future = await producer.send_batch(batch, topic, partition=partition)
+        _last_batch[(topic, partition)] = future
+        sent.append((future, count))
+
+    batch, count = producer.create_batch(), 0
+    for key, value in records:
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+            await send(batch, count)
+            batch, count = producer.create_batch(), 0
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
+        count += 1
+    if count:
+        await send(batch, count)
+    return sent
 
 
 # bytes key/value types make faust use the raw codec: we serialize states ourselves (compactly).

@@ -169,6 +169,26 @@ class OffsetLedger:
     def partitions(self) -> list[TP]:
         return list(self._done)
 
+    def silent(
+        self,
+        owned: Iterable[TP],
+        generation: int,
+        rebalances: int,
+        start: Mapping[TP, int],
+        ends: Mapping[TP, int],
+    ) -> dict[TP, int]:
+        """Owned partitions with records to read (``start``: where reading starts, the committed offset or
+        the earliest record; ``ends``: the high-water marks) of which none has reached a batch in this
+        assignment: partition -> records waiting. A partition that delivers nothing while it has records
+        is not lagging by the ledger's count (it knows only partitions it has seen), so it is found here.
+        """
+        seen = self._read if self.is_current(generation, rebalances) else {}
+        return {
+            tp: ends[tp] - start.get(tp, 0)
+            for tp in owned
+            if tp not in seen and tp in ends and ends[tp] > start.get(tp, 0)
+        }
+
 
 class _UnfilteredInputs(dict):
     """faust's per-partition read offsets, reading as "none" for the input topics (see the module doc)."""

@@ -116,3 +116,16 @@ def test_faust_no_longer_filters_input_records_by_its_read_offset():
     assert read_offset[TP("click", 0)] is None  # ... and what it reads back before the next one
     assert read_offset[TP("items", 0)] == 7 and read_offset[TP("items", 1)] is None  # others as before
     assert callable(consumer._commit_tps)
+
+
+def test_an_owned_partition_that_delivers_nothing_while_it_has_records_is_silent():
+    ledger = OffsetLedger()
+    ledger.begin(1, 0)
+    a, b, c = TP("click", 0), TP("click", 1), TP("click", 2)
+    assert ledger.admit(a, 0, 1, 0) is Verdict.PROCESS
+    start, ends = {a: 0, b: 5, c: 7}, {a: 10, b: 9, c: 7}
+    # a delivered a record; b has 4 records it never delivered; c has none to deliver
+    assert ledger.silent([a, b, c], 1, 0, start, ends) == {b: 4}
+    # after a rebalance nothing has been delivered yet in the new assignment
+    assert ledger.silent([a, b, c], 2, 0, start, ends) == {a: 10, b: 4}
+    assert ledger.silent([a, b], 1, 0, start, {a: 10}) == {}  # no high-water mark known: not judged

@@ -24,9 +24,11 @@ from models.cache import CachedEncoder
 from models.core import InterestCore
 from models.events import item_to_json
 from models.head import SoftmaxHead
+from models.interest import UserState
 from models.replay import replay
 from models.sources import movielens_events, movielens_items
 from streams.devbroker import free_port
+from streams.recovery import local_changelog_offsets, stale_partitions
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -245,6 +247,20 @@ def test_worker_matches_direct_core_run_across_a_restart(kafka_bootstrap, encode
     replicas = [SoftmaxHead.from_bytes(v) for v in latest.values()]
     assert 1 <= len(replicas) <= settings.partitions
     assert sum(h.stats.n for h in replicas) == direct.head.stats.n
+
+    # The user states' changelog (written in bulk, ``DurableTable.set_many``) ends with every user's final
+    # state, and the local store knows how far it has it (faust's recovery starts there).
+    changelog = KafkaConsumer(
+        f"{settings.app_id}-user-state-changelog",
+        bootstrap_servers=kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=2000,
+    )
+    final_states = {msg.key.decode(): UserState.from_bytes(msg.value) for msg in changelog}
+    changelog.close()
+    assert {u: s.events_applied for u, s in final_states.items()} == expected_applied
+    assert local_changelog_offsets(settings) and stale_partitions(settings) == []
 
 
 def test_broker_supports_transactions(kafka_bootstrap):
