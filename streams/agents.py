@@ -476,12 +476,16 @@ async def interest_agent(stream: StreamT) -> None:
     async for batch in adaptive_batches(stream.events(), settings.max_batch, settings.max_wait_s):
         # Finish a started batch even if the agent is cancelled (shutdown, rebalance), so its effects
         # and the ledger agree; what is committed is decided by the ledger, not by faust's acks.
-        work = asyncio.ensure_future(process_batch(core, batch))
+        work = _running[0] = asyncio.ensure_future(process_batch(core, batch))
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
             await work
             raise
+
+
+_running: list[asyncio.Future | None] = [None]
+"""The batch under way, if any (a long one, e.g. waiting for the encoder's weights, is not a stall)."""
 
 
 STALL_S = 30.0
@@ -533,6 +537,8 @@ async def wake_silent_partitions() -> None:
     silent_records.clear()
     now = time.monotonic()
     if _core is None or app.rebalancing or not app.consumer.flow_active:
+        return
+    if _running[0] is not None and not _running[0].done():
         return
     if min(now - _assigned_at, now - ledger.progressed_at) < STALL_S:
         return
