@@ -179,8 +179,7 @@ class CoreModel:
         if self.ranker is None:
             return scores
         recent = self._state(user).recent_items
-        items, placed = self.ranker.place_fresh(np.arange(len(scores)), scores, recent, exclude=recent)
-        return placed
+        return self.ranker.place_fresh(np.arange(len(scores)), scores, recent, exclude=recent)[1]
 
 
 def with_config(core: InterestCore, **changes: object) -> InterestCore:
