@@ -133,9 +133,14 @@ PREQUENTIAL_VARIANTS: dict[str, dict[str, Any]] = {
     "tau 1 d": {"tau_s": DAY_S},
     "tau 30 d": {"tau_s": 30 * DAY_S},
     "no category profile": {"category_hash_dim": 0},
-    "learning_rate 0.05": {"learning_rate": 0.05},
-    "learning_rate 0.2": {"learning_rate": 0.2},
+    "head alone (no profile blend)": {"category_blend": 0.0},
+    "recent categories alone (no head)": {"category_blend": 1.0},
+    "category tau 365 d": {"category_tau_s": 365 * DAY_S},
+    "learning_rate 0.01": {"learning_rate": 0.01},
 }
+# The head as a busy worker serves it: weights up to this many events old (``protocols.LaggedHead``).
+HEAD_LAG = 2_560
+LAGGED = f"default, head weights lagged {HEAD_LAG:,} events"
 
 Status = Callable[[str, int, int], None]  # (phase description, done, total) for a progress display
 
@@ -278,7 +283,7 @@ def _prequential_numbers(result: PrequentialResult, opts: EvalOptions, status: S
     for k, name in enumerate(names):
         status("prequential: bootstrap intervals", k, len(names))
         pred = result.models[name]
-        full = name in ("default", "popularity", "most_frequent", "last_category") or name.startswith(
+        full = name in ("default", LAGGED, "popularity", "most_frequent", "last_category") or name.startswith(
             "deployed ("
         )
         n_boot = opts.n_boot_classification if full else 0
@@ -293,6 +298,8 @@ def _prequential_numbers(result: PrequentialResult, opts: EvalOptions, status: S
         # The second half of the replay alone: a lead won early (while the baselines have little to
         # count) must also hold once everyone has history.
         late = np.arange(len(pred.proba)) >= len(pred.proba) // 2
+        # The first half is where defaults are chosen (validation): its acc@1, a point value.
+        entry["first_half_acc@1"] = round(float(top1_hits(_subset(pred, ~late)).mean()), 6)
         sub = bootstrap_classification(_subset(pred, late), result.n_users, n_boot, opts.seed)
         entry["second_half_acc@1"] = sub["acc@1"].as_list()
         entry["second_half_log_loss"] = sub["log_loss"].as_list()
@@ -394,7 +401,15 @@ def evaluate(
             done += n
             status("prequential: replaying every event", done, total)
 
-        preq = run_prequential(log, cores, embeddings, opts.batch_size, progress, deployed)
+        lagged = {LAGGED: (core, HEAD_LAG)}
+        if opts.ablations:
+            alone = PREQUENTIAL_VARIANTS["head alone (no profile blend)"]
+            lagged[f"default: head alone, weights lagged {HEAD_LAG:,} events"] = (
+                with_config(core, **alone),
+                HEAD_LAG,
+            )
+        total += len(log.events) * len(lagged)
+        preq = run_prequential(log, cores, embeddings, opts.batch_size, progress, deployed, lagged)
         numbers["prequential"] = _prequential_numbers(preq, opts, status)
         numbers["prequential_over_time"] = _rolling_accuracy(preq)
         seconds["prequential"] = round(time.perf_counter() - t0, 1)

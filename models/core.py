@@ -19,7 +19,7 @@ from models.cache import CachedEncoder
 from models.config import EVENT_TYPES, InterestConfig
 from models.events import Event, Item, event_order
 from models.fusion import FeatureRows, feature_dim
-from models.head import SoftmaxHead
+from models.head import SoftmaxHead, blend_profile
 from models.interest import UserState, id_hash, model_tag
 from models.ranker import NextItemRanker
 
@@ -104,7 +104,8 @@ class BatchResult:
     states: dict[str, UserState]  # the states to write back (changed, or re-confirmed by a redelivery)
     duplicates: int  # events whose id the user had already seen (producer-side duplicates)
     applied: list[tuple[Event, Item]]  # in the order they were applied (event time)
-    predictions: list[np.ndarray]  # per applied event: the head's category probabilities before it
+    predictions: list[np.ndarray]  # per applied event: the category probabilities served before it
+    # (the head's, blended with the user's recent categories: ``head.blend_profile``)
     redelivered: int = 0  # events at or below their user's applied offset: already in the state
     failed: list[tuple[Event, str]] = field(default_factory=list)  # events the core could not apply
     rebased: int = 0  # states written by another encoder, restarted in this one's space
@@ -224,8 +225,15 @@ class InterestCore:
         newest = [(u, e) for u, e in {**confirmed, **moved}.items() if loaded[u].events_applied]
         final = [rows.add(loaded[u], e.ts, e.context) for u, e in newest]
         x = rows.matrix()
-        result.predictions = head.test_then_train_many(x[: len(learned)], learned)
-        tops = head.top_k_many(x[final], cfg.top_k) if final else []
+        # The head learns from its own probabilities; what is served (and scored) is their blend with
+        # the user's recent categories.
+        result.predictions = [
+            blend_profile(p, head.classes, profile, cfg.category_blend)
+            for p, profile in zip(head.test_then_train_many(x[: len(learned)], learned), rows.profiles,
+                                  strict=False)
+        ]  # fmt: skip
+        profiles = [rows.profiles[i] for i in final]
+        tops = head.top_k_many(x[final], cfg.top_k, profiles, cfg.category_blend) if final else []
         for (user, event), top in zip(newest, tops, strict=True):
             state = loaded[user]
             result.states[user] = state

@@ -10,14 +10,14 @@ Layout (``dim = d + 9 + H + C``; d = encoder dimension, H = ``context_hash_dim``
     d + 5, d + 6    environment  sin, cos of the UTC hour of day (24 h cycle)
     d + 7, d + 8    environment  sin, cos of the UTC weekday (7 day cycle)
     [d + 9, +H)     environment  signed feature hashing of each "key=value" of the event context
-    [d + 9 + H, +C) behaviour  the user's category profile: log1p(share / 0.01) per hashed category
+    [d + 9 + H, +C) behaviour  the user's recent categories: log1p(share / 0.01) per hashed category
 
 Cyclic encodings put 23:00 next to 00:00; hashing keeps the dimension fixed however many devices,
-regions or free context keys producers send. The category profile lets the head learn "what this user
-usually picks" (the strongest single predictor of the next category) and correct it with the text and
-time features, instead of reading genre taste out of a text vector. Log shares because the head is a
-softmax: logits linear in log p reproduce the profile itself, so "most frequent category" is a
-point the head can reach, and learn away from.
+regions or free context keys producers send. The recent-category profile (``UserState.categories``)
+lets the head learn "what this user is picking now" and correct it with the text and time features,
+instead of reading genre taste out of a text vector. Log shares because the head is a softmax: logits
+linear in log p reproduce the profile itself. The rows also keep each profile unhashed: the head's
+prediction is blended with it by name (``head.blend_profile``), which hashing collisions would blur.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import hashlib
 import numpy as np
 
 from models.config import InterestConfig
-from models.interest import UserState, count_decay, profile_shares
+from models.interest import UserState, category_bucket, count_decay, profile_shares
 
 N_BEHAVIOUR = 5
 N_TIME = 4
@@ -68,6 +68,7 @@ class FeatureRows:
         self.ts = np.zeros(capacity)
         self.t_ref = np.zeros(capacity)
         self.applied = np.zeros(capacity)
+        self.profiles: list[dict[str, float]] = []  # per row: the recent-category shares, by name
 
     def add(self, state: UserState, ts: float, context: dict[str, str]) -> int:
         """Capture row ``n`` (returned) for ``state`` at time ``ts``; ``matrix()`` has its features."""
@@ -75,8 +76,12 @@ class FeatureRows:
         self.n += 1
         self.vec[i] = state.vec
         self.counts[i] = state.counts
-        if len(state.categories) == self.cfg.category_hash_dim:
-            self.categories[i] = state.categories
+        profile = state.category_profile()
+        self.profiles.append(profile)
+        if self.cfg.category_hash_dim:
+            row, buckets = self.categories[i], self.cfg.category_hash_dim
+            for category, share in profile.items():
+                row[category_bucket(category, buckets)] += share
         self.ts[i] = ts
         self.t_ref[i] = state.t_ref if state.events_applied else ts
         self.applied[i] = state.events_applied

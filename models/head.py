@@ -4,6 +4,10 @@ Trained test-then-train (prequential): for each event it first predicts the even
 features before the event and records hit@1, hit@5 and log-loss, then takes one SGD step. An item with
 several categories is a soft target spread evenly over them.
 
+What a user is served (``top_interests``, and what ``evaluate`` scores) is the head's softmax blended
+with the user's own recent categories (``blend_profile``): the head learns across users, the profile
+knows this user's session.
+
 The class set grows online: a category gets a zero row the first time it appears (before the test step,
 so the log-loss stays finite). ``merge`` averages replicas weighted by how many examples each has seen,
 aligning classes by name: that is how several workers, each training a replica on its own partitions,
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +28,29 @@ def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max()
     e = np.exp(z)
     return e / e.sum()
+
+
+def blend_profile(
+    p: np.ndarray, classes: Sequence[str], profile: Mapping[str, float], weight: float
+) -> np.ndarray:
+    """``(1 - weight) * p + weight * q``: the head's probabilities ``p`` over the first ``len(p)`` of
+    ``classes``, blended with ``q``, the user's recent-category shares (``UserState.category_profile``)
+    over the same classes. ``p`` as it is when the profile has none of them (no history yet).
+
+    Why: a global head trained by SGD predicts a user's next category well only while the user's own
+    events are the latest it learned from. Where many users interleave, its weights cannot track one
+    user's session, and the user's own recent categories carry that (``evaluate`` scores the head with
+    lagged weights to show it). The head keeps what it learns across users: which categories follow,
+    and at what time of day."""
+    if not weight or not profile or not len(p):
+        return p
+    q = np.zeros(len(p))
+    for i, c in enumerate(classes[: len(p)]):
+        q[i] = profile.get(c, 0.0)
+    total = q.sum()
+    if total <= 0:
+        return p
+    return (1.0 - weight) * p + (weight / total) * q
 
 
 def top_indices(p: np.ndarray, k: int) -> np.ndarray:
@@ -120,14 +147,25 @@ class SoftmaxHead:
     def top_k(self, x: np.ndarray, k: int) -> list[tuple[str, float]]:
         return self.top_k_many(x[None, :], k)[0]
 
-    def top_k_many(self, X: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        """``top_k`` of each row of ``X``: one matrix product for all rows, ``top_indices`` per row."""
+    def top_k_many(
+        self,
+        X: np.ndarray,
+        k: int,
+        profiles: Sequence[Mapping[str, float]] = (),
+        blend: float = 0.0,
+    ) -> list[list[tuple[str, float]]]:
+        """``top_k`` of each row of ``X``: one matrix product for all rows, ``top_indices`` per row; with
+        ``profiles`` (one per row), of each row's ``blend_profile``."""
         if not self.classes:
             return [[] for _ in range(len(X))]
         Z = X @ self.W.T + self.b
         Z -= Z.max(axis=1, keepdims=True)
         P = np.exp(Z)
         P /= P.sum(axis=1, keepdims=True)
+        if profiles:
+            P = [
+                blend_profile(p, self.classes, profile, blend) for p, profile in zip(P, profiles, strict=True)
+            ]
         return [[(self.classes[i], float(p[i])) for i in top_indices(p, k)] for p in P]
 
     def _step(self, x: np.ndarray, p: np.ndarray, y: np.ndarray) -> None:

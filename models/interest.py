@@ -21,16 +21,20 @@ vector, so a state from another model is recognised instead of being mixed into 
 The state also keeps, per recent item, its event type and time: the window of the sequential model
 (``models/sequence.py``), so the state keeps ``items_kept = max(history_len, sequence_len)`` items.
 
-And the user's category profile: the same decayed sum with e_i = the item's categories (1/n each),
-hashed into ``category_hash_dim`` buckets, with its own, longer time constant ``category_tau_s``
-(a taste for a genre outlives a week's interest). The head reads it as behaviour features.
+And the user's recent-category profile: the same decayed sum with e_i = the item's categories (1/n
+each), per category name, with its own, short time constant ``category_tau_s`` (two minutes: what the
+user is browsing now). The head reads it hashed into ``category_hash_dim`` buckets as behaviour
+features, and its prediction is blended with the profile itself (``models/head.py``, ``blend_profile``).
+Entries that have faded below a millionth of the largest are dropped, so it holds the categories of the
+user's latest session only.
 
 Stored size per user (``to_bytes``): 32-byte header + 8 (model tag) + 4*dim (vector) + 12 (counts) +
 24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id + 10 + 4*category buckets
-+ 2 + per recent item 2 bytes + its event id; all-MiniLM (384-d), the default window of 256, 50 recent
-MovieLens items (ids of up to 6 digits) and 32 category buckets: 3,662 + 138 + at most 850 bytes, plus
-the event ids (2 + 50 * (2 + id length): 702 bytes for 12-character ids). The event ids name what
-``contributions`` explains.
++ 10 + per profile category 6 bytes + its name + 2 + per recent item 2 bytes + its event id; all-MiniLM
+(384-d), the default window of 256 and 50 recent MovieLens items (ids of up to 6 digits): 3,662 + 10 +
+at most 850 bytes, plus the profile (a MovieLens genre costs 6 + 4 to 11 bytes) and the event ids (2 +
+50 * (2 + id length): 702 bytes for 12-character ids). The event ids name what ``contributions``
+explains.
 """
 
 from __future__ import annotations
@@ -48,9 +52,11 @@ import numpy as np
 from models.config import EVENT_TYPES, InterestConfig
 
 _HEADER = struct.Struct("<BxHIIIdQ")  # format, dim, window, n_ids, events_applied, t_ref, version
-_FORMAT = 6  # 1: no recent items; 2: no model tag, no offsets; 3: recent items without type and time;
-# 4: no category profile; 5: no event ids of the recent items
+_FORMAT = 7  # 1: no recent items; 2: no model tag, no offsets; 3: recent items without type and time;
+# 4: no category profile; 5: no event ids of the recent items; 6: a hashed category profile
 NO_OFFSET = -1
+PROFILE_KEEP = 1e-6  # a profile entry below this share of the largest has faded out: dropped
+PROFILE_MAX = 64  # at most this many categories in a profile (the largest ones)
 
 
 def id_hash(event_id: str) -> int:
@@ -101,10 +107,10 @@ class UserState:
     """Per event type: the highest input offset applied (``NO_OFFSET``: none, or not from Kafka)."""
     model: int = 0
     """``model_tag`` of the encoder whose vectors are summed in ``vec`` (0: unknown, a format-2 state)."""
-    categories: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    """float32 (category buckets,): the category profile, each event weighted ``exp((t_i - origin) /
-    category_tau_s)`` (empty: none yet). Only shares are read, and growing weights give the same shares
-    as decaying ones without touching every bucket at every event."""
+    categories: dict[str, float] = field(default_factory=dict)
+    """The recent-category profile: category -> sum of its events' shares, each event weighted
+    ``exp((t_i - origin) / category_tau_s)`` (empty: none yet). Only shares are read, and growing weights
+    give the same shares as decaying ones without touching every entry at every event."""
     category_origin: float = 0.0
 
     @classmethod
@@ -190,17 +196,22 @@ class UserState:
         return True
 
     def _add_categories(self, ts: float, categories: Sequence[str], cfg: InterestConfig) -> None:
-        buckets = cfg.category_hash_dim
-        if len(self.categories) != buckets:  # none yet, or stored with another size
-            self.categories = np.zeros(buckets, np.float32)
+        if not self.categories:
             self.category_origin = ts
         growth = (ts - self.category_origin) / cfg.category_tau_s
-        if growth > 20:  # keep float32 far from overflow: rescale everything to a new origin
-            self.categories *= np.float32(math.exp(-growth))
+        if growth > 20:  # keep the weights far from overflow: rescale everything to a new origin
+            fade = math.exp(-growth)
+            self.categories = {c: w * fade for c, w in self.categories.items()}
             self.category_origin, growth = ts, 0.0
         share = math.exp(growth) / len(categories)
         for category in categories:
-            self.categories[category_bucket(category, buckets)] += share
+            self.categories[category] = self.categories.get(category, 0.0) + share
+        # Faded entries go (the profile is what the user is into *now*), and a bound holds whatever the
+        # catalogue's categories: both drop only what weighs a millionth of the largest or is past 64.
+        floor = max(self.categories.values()) * PROFILE_KEEP
+        kept = sorted(((w, c) for c, w in self.categories.items() if w >= floor), reverse=True)
+        if len(kept) < len(self.categories) or len(kept) > PROFILE_MAX:
+            self.categories = {c: w for w, c in kept[:PROFILE_MAX]}
 
     def contributions(self, embeddings: Sequence[np.ndarray | None], cfg: InterestConfig) -> list[float]:
         """Each recent event's share of the interest vector: its weight after decay times its item's
@@ -231,12 +242,19 @@ class UserState:
             return self.counts
         return self.counts * count_decay(np.float64(ts - self.t_ref), cfg)
 
+    def category_profile(self) -> dict[str, float]:
+        """The recent-category profile as shares summing to 1 (empty before any category). Shares need no
+        time: decay to any later time scales every entry alike."""
+        total = sum(self.categories.values())
+        return {c: w / total for c, w in self.categories.items()} if total > 0 else {}
+
     def category_shares(self, cfg: InterestConfig, scale: float = 1.0) -> np.ndarray:
-        """The category profile as shares summing to ``scale`` (zeros before any category), in
-        ``cfg``'s size. Shares need no time: decay to any later time scales every bucket alike."""
-        if len(self.categories) != cfg.category_hash_dim:
-            return np.zeros(cfg.category_hash_dim, np.float32)
-        return profile_shares(self.categories[None, :], scale)[0]
+        """The profile hashed into ``cfg.category_hash_dim`` buckets, as shares summing to ``scale``
+        (zeros before any category): the head's features."""
+        out = np.zeros(cfg.category_hash_dim, np.float32)
+        for category, share in self.category_profile().items():
+            out[category_bucket(category, cfg.category_hash_dim)] += np.float32(share * scale)
+        return out
 
     def to_bytes(self) -> bytes:
         ids = np.asarray(self.recent_ids, dtype=np.uint64)
@@ -250,14 +268,13 @@ class UserState:
                          struct.pack("<H", len(self.recent_items)), items,
                          np.asarray(self.recent_types, np.uint8).tobytes(),
                          np.asarray(self.recent_ts, np.float64).tobytes(),
-                         struct.pack("<Hd", len(self.categories), self.category_origin),
-                         self.categories.astype(np.float32).tobytes(),
+                         _profile(self.categories, self.category_origin),
                          _strings(self.recent_events)])  # fmt: skip
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         fmt, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
-        if fmt not in (1, 2, 3, 4, 5, _FORMAT):
+        if fmt not in (1, 2, 3, 4, 5, 6, _FORMAT):
             raise ValueError(f"unknown user-state format {fmt}")
         off = _HEADER.size
         model = 0
@@ -292,10 +309,11 @@ class UserState:
         else:  # not recorded then: the sequence model reads them as clicks at the state's time
             state.recent_types = [0] * len(items)
             state.recent_ts = [state.t_ref if applied else 0.0] * len(items)
-        if fmt >= 5:  # before: no category profile; it starts with the next event
-            n_buckets, state.category_origin = struct.unpack_from("<Hd", raw, off)
-            state.categories = np.frombuffer(raw, np.float32, n_buckets, off + 10).copy()
+        if fmt in (5, 6):  # a hashed profile (names unknown): the profile starts with the next event
+            (n_buckets,) = struct.unpack_from("<H", raw, off)
             off += 10 + 4 * n_buckets
+        elif fmt >= 7:  # before 5: no category profile; it starts with the next event
+            state.categories, state.category_origin, off = _read_profile(raw, off)
         state.recent_events = [""] * len(items)  # before format 6: not recorded
         if fmt >= 6:
             state.recent_events, off = _read_strings(raw, off)
@@ -309,6 +327,27 @@ def _strings(values: Sequence[str]) -> bytes:
     return struct.pack("<H", len(values)) + b"".join(
         struct.pack("<H", len(r)) + r for r in (v.encode() for v in values)
     )
+
+
+def _profile(categories: dict[str, float], origin: float) -> bytes:
+    """A count and the time origin, then each category (sorted, so equal profiles write equal bytes) as
+    its UTF-8 length, bytes and float32 weight."""
+    out = [struct.pack("<Hd", len(categories), origin)]
+    for name in sorted(categories):
+        raw = name.encode()
+        out.append(struct.pack("<H", len(raw)) + raw + struct.pack("<f", categories[name]))
+    return b"".join(out)
+
+
+def _read_profile(raw: bytes, off: int) -> tuple[dict[str, float], float, int]:
+    n, origin = struct.unpack_from("<Hd", raw, off)
+    off += 10
+    out = {}
+    for _ in range(n):
+        (size,) = struct.unpack_from("<H", raw, off)
+        (out[raw[off + 2 : off + 2 + size].decode()],) = struct.unpack_from("<f", raw, off + 2 + size)
+        off += 6 + size
+    return out, origin, off
 
 
 def _read_strings(raw: bytes, off: int) -> tuple[list[str], int]:

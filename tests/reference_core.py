@@ -17,7 +17,7 @@ from models.config import EVENT_TYPES, InterestConfig
 from models.core import BatchResult, InterestCore, InterestUpdate
 from models.events import event_order
 from models.fusion import N_BEHAVIOUR, N_TIME, PROFILE_FLOOR, _bucket, feature_dim
-from models.head import SoftmaxHead, softmax
+from models.head import SoftmaxHead, blend_profile, softmax
 from models.interest import UserState, id_hash
 
 
@@ -56,8 +56,10 @@ def predict_proba(head: SoftmaxHead, x: np.ndarray) -> np.ndarray:
     return softmax(head.W @ x + head.b)
 
 
-def top_k(head: SoftmaxHead, x: np.ndarray, k: int) -> list[tuple[str, float]]:
-    p = predict_proba(head, x)
+def top_k(
+    head: SoftmaxHead, x: np.ndarray, k: int, state: UserState, blend: float
+) -> list[tuple[str, float]]:
+    p = blend_profile(predict_proba(head, x), head.classes, state.category_profile(), blend)
     order = np.argsort(-p, kind="stable")[:k]
     return [(head.classes[i], float(p[i])) for i in order]
 
@@ -146,7 +148,10 @@ def apply(core: InterestCore, events, embeddings, states, head: SoftmaxHead) -> 
             continue
         emb = embeddings[item.encoder_text]
         x = fuse(state, event.ts, event.context, cfg)
-        result.predictions.append(predict_then_learn(head, x, item.categories))
+        p = predict_then_learn(head, x, item.categories)
+        result.predictions.append(
+            blend_profile(p, head.classes, state.category_profile(), cfg.category_blend)
+        )
         add(state, event.event_id, event.ts, event.type, emb, cfg, event.item_id, event.offset,
             item.categories)  # fmt: skip
         result.states[user] = state
@@ -161,6 +166,7 @@ def apply(core: InterestCore, events, embeddings, states, head: SoftmaxHead) -> 
         result.states[user] = state
         x = fuse(state, newest.ts, newest.context, cfg)
         result.updates.append(InterestUpdate(user, state.version, state.t_ref, state.embedding(),
-                                             top_k(head, x, cfg.top_k), state.events_applied,
+                                             top_k(head, x, cfg.top_k, state, cfg.category_blend),
+                                             state.events_applied,
                                              core.encoder.name, newest))  # fmt: skip
     return result

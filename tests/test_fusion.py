@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from models.config import InterestConfig
 from models.fusion import PROFILE_FLOOR, feature_dim, fuse
@@ -44,8 +45,10 @@ def test_category_profile_is_log_shares_of_the_hashed_categories():
     drama, comedy = (category_bucket(c, CFG.category_hash_dim) for c in ("Drama", "Comedy"))
     assert drama != comedy  # so the shares below are not summed in one bucket
     expected = np.zeros(CFG.category_hash_dim)
-    expected[drama], expected[comedy] = 0.75, 0.25  # decay over 10 s of a 365-day tau: negligible
+    later = math.exp(10.0 / CFG.category_tau_s)  # the second event's weight: 10 s newer
+    expected[drama], expected[comedy] = (0.5 + later) / (1 + later), 0.5 / (1 + later)
     np.testing.assert_allclose(x, np.log1p(expected / PROFILE_FLOOR), rtol=1e-5)
+    assert s.category_profile() == pytest.approx({"Drama": expected[drama], "Comedy": expected[comedy]})
     # A taste fades with category_tau_s: one tau later, a new genre weighs e times the old one.
     t = UserState.empty(D, 8)
     t.add("a", 0.0, "click", v, CFG, "i1", categories=("Drama",))
@@ -58,8 +61,9 @@ def test_category_profile_is_log_shares_of_the_hashed_categories():
     u.add("b", 1.0, "click", v, CFG, "i2", categories=("Comedy",))
     later = 30 * CFG.category_tau_s
     u.add("c", later, "click", v, CFG, "i3", categories=("Drama",))
-    assert u.category_origin == later and np.isfinite(u.categories).all()
+    assert u.category_origin == later and np.isfinite(list(u.categories.values())).all()
     np.testing.assert_allclose(u.category_shares(CFG)[drama], 1.0, rtol=1e-6)  # the old ones faded out
+    assert u.category_profile() == {"Drama": 1.0}  # ... and are gone from the state
     # Turned off: no block at all.
     off = InterestConfig(context_hash_dim=16, category_hash_dim=0)
     assert fuse(s, 20.0, {}, off).shape == (D + 9 + 16,)

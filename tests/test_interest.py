@@ -1,11 +1,12 @@
 import math
+import struct
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.config import DAY_S, InterestConfig
-from models.interest import UserState
+from models.interest import UserState, _profile, _strings
 
 CFG = InterestConfig()
 DIM = 8
@@ -103,25 +104,28 @@ def test_offsets_and_model_tag_round_trip_and_older_formats_load():
     s.add("b", 1e9 + 1, "cart", unit(2), CFG, "i2", offset=7)  # a lower offset never moves it back
     s.add("c", 1e9 + 2, "order", unit(3), CFG, "i3", offset=3, categories=("Drama",))
     back = UserState.from_bytes(s.to_bytes())
-    np.testing.assert_array_equal(back.categories, s.categories)
-    assert back.categories.sum() == 1 and len(back.categories) == CFG.category_hash_dim
+    assert back.categories == s.categories == {"Drama": 1.0} and back.category_origin == 1e9 + 2
     assert back.model == 12345
     assert [back.applied_offset(t) for t in ("click", "cart", "order")] == [-1, 41, 3]
     assert (back.recent_items, back.recent_types, back.recent_ts, back.recent_events) == (
         ["i1", "i2", "i3"], [1, 1, 2], [1e9, 1e9 + 1, 1e9 + 2], ["a", "b", "c"])  # fmt: skip
-    # Format 5 (no event ids), 4 (no category profile), 3 (items up to the end, no types or times) and
-    # 2 (no tag, no offsets either) load.
-    six = s.to_bytes()
-    raw = bytes([5]) + six[1 : -(2 + 3 * 3)]
-    five = UserState.from_bytes(raw)
+    # Format 6 (a hashed category profile), 5 (no event ids either), 4 (no category profile), 3 (items up
+    # to the end, no types or times) and 2 (no tag, no offsets either) load.
+    seven = s.to_bytes()
+    tail = _profile(s.categories, s.category_origin) + _strings(s.recent_events)
+    assert seven.endswith(tail)
+    body = seven[1 : -len(tail)]  # up to the recent items' times
+    hashed = struct.pack("<Hd", 32, 0.0) + np.ones(32, np.float32).tobytes()  # buckets have no names
+    six = UserState.from_bytes(bytes([6]) + body + hashed + _strings(s.recent_events))
+    assert six.recent_events == back.recent_events and six.categories == {}  # starts again
+    five = UserState.from_bytes(bytes([5]) + body + hashed)
     assert five.recent_items == back.recent_items and five.recent_events == ["", "", ""]
-    np.testing.assert_array_equal(five.categories, s.categories)
-    profile = 10 + 4 * CFG.category_hash_dim
-    four = UserState.from_bytes(bytes([4]) + raw[1:-profile])
-    assert four.recent_ts == back.recent_ts and len(four.categories) == 0
-    assert not four.category_shares(CFG).any()
+    assert five.categories == {} and not five.category_shares(CFG).any()
+    raw = bytes([4]) + body
+    four = UserState.from_bytes(raw)
+    assert four.recent_ts == back.recent_ts and four.categories == {}
     ids_end = 40 + 4 * DIM + 12 + 24 + 8 * 3
-    items = raw[ids_end + 2 : len(raw) - profile - 3 * 9]  # without the item count, types and times
+    items = raw[ids_end + 2 : len(raw) - 3 * 9]  # without the item count, types and times
     v3 = bytes([3]) + raw[1:ids_end] + items
     v2 = bytes([2]) + raw[1:32] + raw[40 : 40 + 4 * DIM + 12] + raw[40 + 4 * DIM + 12 + 24 : ids_end] + items
     three = UserState.from_bytes(v3)
@@ -141,20 +145,23 @@ def test_state_round_trips_through_bytes_within_the_budget():
     assert (back.t_ref, back.version, back.events_applied, back.recent_ids) == (
         s.t_ref, 7, 200, s.recent_ids,
     )  # fmt: skip
-    np.testing.assert_array_equal(back.categories, s.categories)
-    profile = 10 + 4 * CFG.category_hash_dim
+    # An hour between events and a two-minute tau: only the last event's categories are left.
+    assert back.categories == s.categories and s.category_profile() == {"c4": 0.5, "c1": 0.5}
+    profile = 10 + 2 * (6 + 2)
     # CFG's window (256) holds all 200 ids
     assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200 + 2 + profile + 2
-    # all-MiniLM (384-d) with the default window and 32 category buckets: the budget the README states.
+    # all-MiniLM (384-d) with the default window: the budget the README states, plus the profile (here
+    # 20 categories of 2-3 characters, all within the last 5 minutes).
     full = UserState.empty(384, CFG.dedup_window)
     for i in range(300):
         full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG, categories=(f"g{i % 20}",))
-    assert len(full.to_bytes()) == 3662 + 138 + 2
+    profile = 10 + 10 * (6 + 2) + 10 * (6 + 3)
+    assert len(full.categories) == 20 and len(full.to_bytes()) == 3662 + profile + 2
     # ... plus the sequence window: 50 recent items (MovieLens ids of up to 6 digits) cost at most 850 B.
     for i in range(300):
         full.add(f"f{i}", 2e9 + i, "cart", np.ones(384, np.float32), CFG, item_id=str(100_000 + i))
     assert len(full.recent_items) == CFG.sequence_len == 50
-    assert len(full.to_bytes()) == 3662 + 138 + 50 * (2 + 6 + 1 + 8) + 2 + 50 * (2 + 4)
+    assert len(full.to_bytes()) == 3662 + profile + 50 * (2 + 6 + 1 + 8) + 2 + 50 * (2 + 4)
     assert full.recent_events == [f"f{i}" for i in range(250, 300)]
 
 
@@ -192,3 +199,11 @@ def test_contributions_split_the_vector_among_its_events():
     # an item whose text is not at hand gets no share; an empty state explains nothing
     assert s.contributions([None] * len(s.recent_items), CFG) == [0.0] * len(s.recent_items)
     assert UserState.empty(DIM, 4).contributions([], CFG) == []
+
+
+def test_category_profile_keeps_the_largest_64_categories():
+    s = UserState.empty(DIM, 256)
+    for k in range(100):  # one new category a second: the newer, the heavier
+        s.add(f"e{k}", 1e9 + k, "click", unit(k % DIM), CFG, categories=(f"c{k}",))
+    assert set(s.categories) == {f"c{k}" for k in range(36, 100)}
+    assert UserState.from_bytes(s.to_bytes()).categories.keys() == s.categories.keys()
