@@ -151,6 +151,20 @@ class InterestCore:
             return stored, True
         return stored, False
 
+    def top_interests(
+        self,
+        head: SoftmaxHead,
+        state: UserState,
+        ts: float | None = None,
+        context: dict[str, str] | None = None,
+    ) -> list[tuple[str, float]]:
+        """The categories served for ``state`` as of ``ts`` (default: its newest event) in ``context``:
+        the head's top ``top_k``, blended with the user's recent categories. ``apply`` computes the same
+        for every update, in one batch; the query API asks for one user."""
+        rows = FeatureRows(self.dim, self.config, 1)
+        rows.add(state, state.t_ref if ts is None else ts, context or {})
+        return head.top_k_many(rows.matrix(), self.config.top_k, rows.profiles, self.config.category_blend)[0]
+
     def embed(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
         """Unit vectors keyed by encoder text; all cache misses of the batch go in one encoder call."""
         return self.encoder.embed([item.encoder_text for item in items])

@@ -26,7 +26,6 @@ from typing import Any
 import faust.streams
 import numpy as np
 
-from models.fusion import fuse
 from models.interest import UserState
 from models.sharding import partition_for
 from streams.agents import catalog, load_core, owned_partitions, served_model
@@ -119,7 +118,7 @@ async def interest_of(user_id: str) -> dict[str, Any]:
     state, partition = user_state(user_id)
     head = head_of(core, partition)
     # The environment of the newest event is not kept: its time without context stands in for it.
-    top = head.top_k(fuse(state, state.t_ref, {}, core.config), core.config.top_k)
+    top = core.top_interests(head, state)
     vectors = await item_vectors(state.recent_items)
     shares = state.contributions([vectors.get(i) for i in state.recent_items], core.config)
     order = sorted(range(len(shares)), key=lambda k: -shares[k])[:EXPLAINED_EVENTS]

@@ -248,3 +248,6 @@ def test_top_interests_follow_the_users_recent_categories(core, blend):
     assert served[head.classes.index("Animation")] >= blend
     (update,) = result.updates
     assert update.top_interests[0][0] == ("Animation" if blend else "Crime")
+    # What the query API serves for the user (``InterestCore.top_interests``) is what the update carried.
+    served = model.top_interests(head, result.states["kid"], update.last_event.ts, update.last_event.context)
+    assert served == update.top_interests
