@@ -1,6 +1,7 @@
 """How cost and size grow with the number of users and with the catalogue, without Kafka in the way.
 
     python benchmarks/growth.py [--users 10000,100000,1000000] [--items 10000,100000,1000000]
+                                [--state-vector float32|float16]
 
 Users: a RocksDB store (``rocksdict``, as the worker's table uses) first gets U users with 3 events each,
 then 20,000 further events over those U users go through the core in batches of 256, every touched
@@ -55,7 +56,9 @@ def _disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _apply(core: InterestCore, head, store, records, catalogue, embeddings, batch: int = 256) -> float:
+def _apply(
+    core: InterestCore, head, store, records, catalogue, embeddings, batch: int = 256, vector: str = "float32"
+) -> float:
     """Seconds to apply ``records`` through the core with states read from and written to ``store``."""
     parsed = [(parse_event(json.dumps(e).encode(), t), catalogue[e["item_id"]]) for t, e in records]
     t0 = time.perf_counter()
@@ -68,11 +71,11 @@ def _apply(core: InterestCore, head, store, records, catalogue, embeddings, batc
                 states[event.user_id] = UserState.from_bytes(raw)
         result = core.apply(chunk, embeddings, states, head)
         for user, state in result.states.items():
-            store[user.encode()] = state.to_bytes()
+            store[user.encode()] = state.to_bytes(vector)
     return time.perf_counter() - t0
 
 
-def users_growth(sizes: list[int], work: Path, events: int = 20_000) -> list[dict]:
+def users_growth(sizes: list[int], work: Path, events: int = 20_000, vector: str = "float32") -> list[dict]:
     from rocksdict import Rdict
 
     movies = movielens_items()
@@ -88,14 +91,17 @@ def users_growth(sizes: list[int], work: Path, events: int = 20_000) -> list[dic
         core = InterestCore(InterestConfig(), _Encoder())
         head = core.new_head()
         t0 = time.perf_counter()
-        _apply(core, head, store, list(zipf_stream(3 * users, users, seed=1)), catalogue, embeddings, 4096)
+        fill = list(zipf_stream(3 * users, users, seed=1))
+        _apply(core, head, store, fill, catalogue, embeddings, 4096, vector)
         fill_s = time.perf_counter() - t0
-        seconds = _apply(core, head, store, list(zipf_stream(events, users, seed=2)), catalogue, embeddings)
+        more = list(zipf_stream(events, users, seed=2))
+        seconds = _apply(core, head, store, more, catalogue, embeddings, vector=vector)
         store.flush()
         store.compact_range(None, None)
         sample = [len(v) for _, v in zip(range(2000), store.values(), strict=False)]
         row = {
             "users": users,
+            "state_vector": vector,
             "events_per_s": events / seconds,
             "disk_bytes_per_user": _disk_bytes(path) / users,
             "mean_state_bytes": float(np.mean(sample)),
@@ -163,10 +169,10 @@ def catalogue_growth(sizes: list[int], work: Path, lookups: int = 20_000) -> lis
     return out
 
 
-def run(users: list[int], items: list[int], work: Path | None = None) -> dict:
+def run(users: list[int], items: list[int], work: Path | None = None, vector: str = "float32") -> dict:
     work = work or Path(tempfile.mkdtemp(prefix="interest-growth-"))
     try:
-        return {"users": users_growth(users, work), "catalogue": catalogue_growth(items, work)}
+        return {"users": users_growth(users, work, vector=vector), "catalogue": catalogue_growth(items, work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -176,11 +182,14 @@ def main() -> None:
     ap.add_argument("--users", default="10000,100000,1000000")
     ap.add_argument("--items", default="10000,100000,1000000")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--state-vector", choices=("float32", "float16"), default="float32",
+                    help="how states store the interest vector (INTEREST_STATE_VECTOR)")  # fmt: skip
     args = ap.parse_args()
     from streams.cli import limit_blas_threads
 
     limit_blas_threads(1)
-    result = run([int(x) for x in args.users.split(",")], [int(x) for x in args.items.split(",")])
+    items = [int(x) for x in args.items.split(",") if x]
+    result = run([int(x) for x in args.users.split(",") if x], items, vector=args.state_vector)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -51,7 +51,9 @@ import numpy as np
 
 from models.config import EVENT_TYPES, InterestConfig
 
-_HEADER = struct.Struct("<BxHIIIdQ")  # format, dim, window, n_ids, events_applied, t_ref, version
+_HEADER = struct.Struct("<BBHIIIdQ")  # format, flags, dim, window, n_ids, events_applied, t_ref, version
+_FLOAT16 = 1  # flags bit: the vector is stored as a float32 scale and float16 components
+STATE_VECTORS = ("float32", "float16")
 _FORMAT = 7  # 1: no recent items; 2: no model tag, no offsets; 3: recent items without type and time;
 # 4: no category profile; 5: no event ids of the recent items; 6: a hashed category profile
 NO_OFFSET = -1
@@ -256,14 +258,29 @@ class UserState:
             out[category_bucket(category, cfg.category_hash_dim)] += np.float32(share * scale)
         return out
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, vector: str = "float32") -> bytes:
+        """The stored form. ``vector="float16"`` keeps the interest vector as a float32 scale and float16
+        components: 2 * dim + 4 bytes instead of 4 * dim (-764 bytes at 384-d), at a relative error of
+        at most 5e-4 per component each time a changed state is stored (the direction is what is
+        published; ``tests/test_interest.py`` measures the drift over 2,000 store-load cycles)."""
+        if vector not in STATE_VECTORS:
+            raise ValueError(f"vector must be one of {STATE_VECTORS}, not {vector!r}")
         ids = np.asarray(self.recent_ids, dtype=np.uint64)
         t_ref = self.t_ref if self.events_applied else -1.0
+        flags = _FLOAT16 if vector == "float16" else 0
         header = _HEADER.pack(
-            _FORMAT, self.dim, self.window, len(ids), self.events_applied, t_ref, self.version
+            _FORMAT, flags, self.dim, self.window, len(ids), self.events_applied, t_ref, self.version
         )
+        if flags & _FLOAT16:
+            # Scaled by the largest |component| (so nothing overflows float16's 65,504, and a loaded state
+            # stores back to the same bytes: its largest component is exactly the scale again).
+            scale = np.float32(np.abs(self.vec).max()) if self.dim else np.float32(0)
+            scaled = self.vec / scale if scale > 0 else self.vec
+            stored_vec = struct.pack("<f", scale) + scaled.astype("<f2").tobytes()
+        else:
+            stored_vec = self.vec.tobytes()
         items = _strings(self.recent_items)[2:]
-        return b"".join([header, struct.pack("<Q", self.model), self.vec.tobytes(), self.counts.tobytes(),
+        return b"".join([header, struct.pack("<Q", self.model), stored_vec, self.counts.tobytes(),
                          self.offsets.astype(np.int64).tobytes(), ids.tobytes(),
                          struct.pack("<H", len(self.recent_items)), items,
                          np.asarray(self.recent_types, np.uint8).tobytes(),
@@ -273,16 +290,22 @@ class UserState:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
-        fmt, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
+        fmt, flags, dim, window, n_ids, applied, t_ref, version = _HEADER.unpack_from(raw)
         if fmt not in (1, 2, 3, 4, 5, 6, _FORMAT):
             raise ValueError(f"unknown user-state format {fmt}")
+        flags = flags if fmt >= 7 else 0  # a padding byte before format 7
         off = _HEADER.size
         model = 0
         if fmt >= 3:
             (model,) = struct.unpack_from("<Q", raw, off)
             off += 8
-        vec = np.frombuffer(raw, np.float32, dim, off).copy()
-        off += 4 * dim
+        if flags & _FLOAT16:
+            (scale,) = struct.unpack_from("<f", raw, off)
+            vec = np.frombuffer(raw, "<f2", dim, off + 4).astype(np.float32) * np.float32(scale)
+            off += 4 + 2 * dim
+        else:
+            vec = np.frombuffer(raw, np.float32, dim, off).copy()
+            off += 4 * dim
         counts = np.frombuffer(raw, np.float32, len(EVENT_TYPES), off).copy()
         off += 4 * len(EVENT_TYPES)
         offsets = np.full(len(EVENT_TYPES), NO_OFFSET, np.int64)

@@ -274,7 +274,9 @@ async def apply_partition(
         result = core.apply([(e, i) for _, e, i in group], embeddings, stored, head)
         raw = heads[head_key] = head.to_bytes()
         _heads[partition] = (raw, head)
-    changed = {user_id.encode(): state.to_bytes() for user_id, state in result.states.items()}
+    changed = {
+        user_id.encode(): state.to_bytes(settings.state_vector) for user_id, state in result.states.items()
+    }
     await user_states.set_many(partition, changed, check=lambda: still_owner(rebalances))
     counters.prequential += head.stats - scored_before
     metrics.rolling.add(head.stats - scored_before)

@@ -2,6 +2,7 @@ import math
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -207,3 +208,31 @@ def test_category_profile_keeps_the_largest_64_categories():
         s.add(f"e{k}", 1e9 + k, "click", unit(k % DIM), CFG, categories=(f"c{k}",))
     assert set(s.categories) == {f"c{k}" for k in range(36, 100)}
     assert UserState.from_bytes(s.to_bytes()).categories.keys() == s.categories.keys()
+
+
+def test_float16_vectors_store_764_bytes_less_and_drift_little():
+    """``to_bytes("float16")``: the vector as a scale and float16 components. Everything else is kept
+    exactly; over 2,000 events, each followed by a store and a load (a batch per event, the worst case),
+    the published direction stays within cosine 0.9999 of the float32 state's (measured: 0.99998)."""
+    rng = np.random.default_rng(0)
+    exact, stored = UserState.empty(384, CFG.dedup_window), UserState.empty(384, CFG.dedup_window)
+    assert UserState.from_bytes(stored.to_bytes("float16")).vec.tolist() == [0.0] * 384  # no events yet
+    for k in range(2000):
+        v = rng.normal(size=384).astype(np.float32)
+        ts = 1.6e9 + 60 * k - (float(rng.integers(0, 3600)) if rng.random() < 0.1 else 0.0)
+        args = (f"e{k}", ts, ("click", "cart", "order")[k % 3], v / np.linalg.norm(v), CFG, f"i{k}")
+        exact.add(*args, offset=k, categories=("x",))
+        stored.add(*args, offset=k, categories=("x",))
+        stored = UserState.from_bytes(stored.to_bytes("float16"))
+    assert float(exact.embedding() @ stored.embedding()) > 0.9999
+    assert float(np.linalg.norm(stored.vec)) == pytest.approx(float(np.linalg.norm(exact.vec)), rel=1e-3)
+    raw16, raw32 = stored.to_bytes("float16"), stored.to_bytes()
+    assert len(raw32) - len(raw16) == 2 * 384 - 4
+    back = UserState.from_bytes(raw16)
+    for name in ("recent_items", "recent_ts", "recent_ids", "categories", "t_ref", "events_applied"):
+        assert getattr(back, name) == getattr(stored, name)
+    assert back.offsets.tolist() == stored.offsets.tolist()
+    np.testing.assert_array_equal(back.vec, stored.vec)  # a loaded float16 state stores back unchanged
+    assert back.to_bytes("float16") == raw16
+    with pytest.raises(ValueError, match="float16"):
+        stored.to_bytes("float64")

@@ -42,6 +42,8 @@ def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
         ({"INTEREST_ENCODER_DTYPE": "fp8"}, "encoder_dtype"),
         ({"INTEREST_ENCODER_DTYPE": "bf16", "INTEREST_ENCODER_BACKEND": "onnx-int8"}, "encoder_dtype"),
         ({"INTEREST_ENCODER_THREADS": "-1"}, "encoder_threads"),
+        ({"INTEREST_STATE_VECTOR": "float64"}, "state_vector"),
+        ({"INTEREST_CATEGORY_BLEND": "1.5"}, "category_blend"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(env, message):
