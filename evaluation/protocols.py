@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +32,7 @@ from evaluation.metrics import CategoryPredictions, rank_metrics
 from evaluation.scorers import Batch, Histories, Scorer
 from models.core import InterestCore
 from models.events import Event, Item, event_order
-from models.head import SoftmaxHead
+from models.head import SoftmaxHead, blend_profiles
 from models.sharding import partition_for
 
 Progress = Callable[[int], None]  # called with the number of events just processed
@@ -132,7 +132,11 @@ class LaggedHead(SoftmaxHead):
         self._snapshot = (self.W.copy(), self.b.copy())
 
     def test_then_train_many(
-        self, X: np.ndarray, categories: Sequence[tuple[str, ...] | list[str]]
+        self,
+        X: np.ndarray,
+        categories: Sequence[tuple[str, ...] | list[str]],
+        profiles: Sequence[Mapping[str, float]] = (),
+        blend: float = 0.0,
     ) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         start = 0
@@ -145,10 +149,12 @@ class LaggedHead(SoftmaxHead):
                 Z = X[start:end] @ W.T + b
                 Z -= Z.max(axis=1, keepdims=True)
                 P = np.exp(Z)
-                out += list(P / P.sum(axis=1, keepdims=True))
+                P /= P.sum(axis=1, keepdims=True)
+                rows = profiles[start:end] if profiles else ()
+                out += list(blend_profiles(P, [len(W)] * len(P), self.index, rows, blend))
             else:
                 out += [np.zeros(0, np.float32)] * (end - start)
-            super().test_then_train_many(X[start:end], categories[start:end])
+            super().test_then_train_many(X[start:end], categories[start:end], profiles[start:end], blend)
             self._seen += end - start
             start = end
         return out

@@ -19,7 +19,7 @@ from models.cache import CachedEncoder
 from models.config import EVENT_TYPES, InterestConfig
 from models.events import Event, Item, event_order
 from models.fusion import FeatureRows, feature_dim
-from models.head import SoftmaxHead, blend_profile
+from models.head import SoftmaxHead
 from models.interest import UserState, id_hash, model_tag
 from models.ranker import NextItemRanker
 
@@ -241,11 +241,8 @@ class InterestCore:
         x = rows.matrix()
         # The head learns from its own probabilities; what is served (and scored) is their blend with
         # the user's recent categories.
-        result.predictions = [
-            blend_profile(p, head.classes, profile, cfg.category_blend)
-            for p, profile in zip(head.test_then_train_many(x[: len(learned)], learned), rows.profiles,
-                                  strict=False)
-        ]  # fmt: skip
+        n = len(learned)
+        result.predictions = head.test_then_train_many(x[:n], learned, rows.profiles[:n], cfg.category_blend)
         profiles = [rows.profiles[i] for i in final]
         tops = head.top_k_many(x[final], cfg.top_k, profiles, cfg.category_blend) if final else []
         for (user, event), top in zip(newest, tops, strict=True):

@@ -30,27 +30,43 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def blend_profile(
-    p: np.ndarray, classes: Sequence[str], profile: Mapping[str, float], weight: float
+def blend_profiles(
+    P: np.ndarray,
+    known: Sequence[int],
+    index: Mapping[str, int],
+    profiles: Sequence[Mapping[str, float]],
+    weight: float,
 ) -> np.ndarray:
-    """``(1 - weight) * p + weight * q``: the head's probabilities ``p`` over the first ``len(p)`` of
-    ``classes``, blended with ``q``, the user's recent-category shares (``UserState.category_profile``)
-    over the same classes. ``p`` as it is when the profile has none of them (no history yet).
+    """``(1 - weight) * P + weight * Q`` row by row: the head's probabilities ``P`` (row i over its first
+    ``known[i]`` classes, zeros after; ``index``: class name -> column) blended with ``Q``, each row's
+    user's recent-category shares (``UserState.category_profile``) over the same classes. A row whose
+    profile has none of them (no history yet) stays the head's.
 
     Why: a global head trained by SGD predicts a user's next category well only while the user's own
     events are the latest it learned from. Where many users interleave, its weights cannot track one
     user's session, and the user's own recent categories carry that (``evaluate`` scores the head with
     lagged weights to show it). The head keeps what it learns across users: which categories follow,
     and at what time of day."""
-    if not weight or not profile or not len(p):
-        return p
-    q = np.zeros(len(p))
-    for i, c in enumerate(classes[: len(p)]):
-        q[i] = profile.get(c, 0.0)
-    total = q.sum()
-    if total <= 0:
-        return p
-    return (1.0 - weight) * p + (weight / total) * q
+    if not weight or not any(profiles) or not P.size:
+        return P
+    Q = np.zeros(P.shape)
+    for i, profile in enumerate(profiles):  # a handful of entries per row, however many classes
+        for category, share in profile.items():
+            j = index.get(category)
+            if j is not None and j < known[i]:
+                Q[i, j] = share
+    total = Q.sum(axis=1)
+    has = total > 0
+    out = P.astype(np.float64)
+    out[has] = (1.0 - weight) * out[has] + (weight / total[has])[:, None] * Q[has]
+    return out
+
+
+def blend_profile(
+    p: np.ndarray, index: Mapping[str, int], profile: Mapping[str, float], weight: float
+) -> np.ndarray:
+    """``blend_profiles`` of one prediction over its ``len(p)`` classes."""
+    return blend_profiles(p[None, :], [len(p)], index, [profile], weight)[0]
 
 
 def top_indices(p: np.ndarray, k: int) -> np.ndarray:
@@ -119,6 +135,11 @@ class SoftmaxHead:
         self.b = np.zeros(0, np.float32)
         self.stats = PrequentialStats()
 
+    @property
+    def index(self) -> Mapping[str, int]:
+        """Class name -> its position in ``classes`` (and in every prediction that covers it)."""
+        return self._index
+
     # -- class set -------------------------------------------------------------------------------
     def add_classes(self, categories: tuple[str, ...] | list[str]) -> None:
         """Add unseen categories, up to ``max_classes`` in all; later ones are left out."""
@@ -162,10 +183,7 @@ class SoftmaxHead:
         Z -= Z.max(axis=1, keepdims=True)
         P = np.exp(Z)
         P /= P.sum(axis=1, keepdims=True)
-        if profiles:
-            P = [
-                blend_profile(p, self.classes, profile, blend) for p, profile in zip(P, profiles, strict=True)
-            ]
+        P = blend_profiles(P, [len(self.classes)] * len(P), self._index, profiles, blend)
         return [[(self.classes[i], float(p[i])) for i in top_indices(p, k)] for p in P]
 
     def _step(self, x: np.ndarray, p: np.ndarray, y: np.ndarray) -> None:
@@ -197,7 +215,11 @@ class SoftmaxHead:
         return self.test_then_train_many(x[None, :], [categories])[0]
 
     def test_then_train_many(
-        self, X: np.ndarray, categories: Sequence[tuple[str, ...] | list[str]]
+        self,
+        X: np.ndarray,
+        categories: Sequence[tuple[str, ...] | list[str]],
+        profiles: Sequence[Mapping[str, float]] = (),
+        blend: float = 0.0,
     ) -> list[np.ndarray]:
         """``test_then_train`` on each row of ``X`` in order, exactly as one call per row would: the
         worker's hot loop, so each row costs one product with the weights, a softmax and a rank-one step,
@@ -205,6 +227,9 @@ class SoftmaxHead:
         (W = scale * V), applied once at the end; the classes first seen at row i get their (zero) rows
         up front and rows before i leave them out, which is what a class list growing row by row means.
         Weights stay float32 as in ``_step``; the logits and the softmax are float64.
+
+        With ``profiles`` (one per row), what each row returns and is scored on (``stats``) is the served
+        prediction, ``blend_profiles``; the head learns from its own softmax either way.
         """
         n = len(X)
         known = []  # per row: how many classes exist when it is predicted
@@ -252,7 +277,7 @@ class SoftmaxHead:
             b[:m] -= lr * g
         self.W = V * np.float32(scale)
         self.b = b.astype(np.float32)
-        P32 = P.astype(np.float32)
+        P32 = blend_profiles(P, known, self._index, profiles, blend).astype(np.float32)
         out = [P32[i, :m] for i, m in enumerate(known)]
         scored = np.flatnonzero([t is not None for t in targets])
         if len(scored):

@@ -59,26 +59,30 @@ def predict_proba(head: SoftmaxHead, x: np.ndarray) -> np.ndarray:
 def top_k(
     head: SoftmaxHead, x: np.ndarray, k: int, state: UserState, blend: float
 ) -> list[tuple[str, float]]:
-    p = blend_profile(predict_proba(head, x), head.classes, state.category_profile(), blend)
+    p = blend_profile(predict_proba(head, x), head.index, state.category_profile(), blend)
     order = np.argsort(-p, kind="stable")[:k]
     return [(head.classes[i], float(p[i])) for i in order]
 
 
-def predict_then_learn(head: SoftmaxHead, x: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
+def predict_then_learn(
+    head: SoftmaxHead, x: np.ndarray, categories: tuple[str, ...], profile: dict[str, float], blend: float
+) -> np.ndarray:
+    """Predict (the served blend, which is what is scored), then learn from the head's own softmax."""
     if not categories:
-        return predict_proba(head, x)
+        return blend_profile(predict_proba(head, x), head.index, profile, blend)
     head.add_classes(categories)
+    served = blend_profile(predict_proba(head, x), head.index, profile, blend)
     categories = tuple(c for c in categories if c in head._index)
     if not categories:
         head.unlearned += 1
-        return predict_proba(head, x)
+        return served
     p = predict_proba(head, x)
     true = [head._index[c] for c in categories]
-    ranked = np.argsort(-p, kind="stable")
+    ranked = np.argsort(-served, kind="stable")
     head.stats.n += 1
     head.stats.hit1 += int(ranked[0] in true)
     head.stats.hit5 += int(bool(set(ranked[:5].tolist()) & set(true)))
-    head.stats.log_loss_sum += -float(np.mean(np.log(np.maximum(p[true], 1e-12))))
+    head.stats.log_loss_sum += -float(np.mean(np.log(np.maximum(served[true], 1e-12))))
     y = np.zeros(len(head.classes), np.float32)
     y[true] = 1.0 / len(true)
     lr = np.float32(head.learning_rate)
@@ -87,7 +91,7 @@ def predict_then_learn(head: SoftmaxHead, x: np.ndarray, categories: tuple[str, 
         head.W *= np.float32(1.0 - head.learning_rate * head.l2)
     head.W -= np.outer(lr * g, x)
     head.b -= lr * g
-    return p
+    return served
 
 
 def add(state: UserState, event_id: str, ts: float, event_type: str, emb: np.ndarray, cfg: InterestConfig,
@@ -148,10 +152,8 @@ def apply(core: InterestCore, events, embeddings, states, head: SoftmaxHead) -> 
             continue
         emb = embeddings[item.encoder_text]
         x = fuse(state, event.ts, event.context, cfg)
-        p = predict_then_learn(head, x, item.categories)
-        result.predictions.append(
-            blend_profile(p, head.classes, state.category_profile(), cfg.category_blend)
-        )
+        profile = state.category_profile()
+        result.predictions.append(predict_then_learn(head, x, item.categories, profile, cfg.category_blend))
         add(state, event.event_id, event.ts, event.type, emb, cfg, event.item_id, event.offset,
             item.categories)  # fmt: skip
         result.states[user] = state

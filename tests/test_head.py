@@ -123,12 +123,12 @@ def test_fold_in_shares_weights_but_keeps_own_class_order_and_counts():
 
 def test_blend_profile_mixes_in_the_users_recent_categories_by_name():
     p = np.array([0.5, 0.3, 0.2])
-    classes = ["Drama", "Comedy", "Horror", "War"]  # War: a class the head learned after p was made
+    classes = {"Drama": 0, "Comedy": 1, "Horror": 2, "War": 3}  # War: learned after p was made
     out = blend_profile(p, classes, {"Horror": 0.6, "War": 0.3, "Sci-Fi": 0.1}, 0.75)
     # q over p's classes holds Horror alone (War and Sci-Fi are not among them), renormalised to 1.
     np.testing.assert_allclose(out, 0.25 * p + 0.75 * np.array([0.0, 0.0, 1.0]))
     assert out.sum() == pytest.approx(1.0)
-    assert blend_profile(p, classes, {}, 0.75) is p  # no history: the head's own
-    assert blend_profile(p, classes, {"War": 1.0}, 0.75) is p  # nothing the prediction covers
-    assert blend_profile(p, classes, {"Comedy": 1.0}, 0.0) is p
+    np.testing.assert_array_equal(blend_profile(p, classes, {}, 0.75), p)  # no history: the head's own
+    np.testing.assert_array_equal(blend_profile(p, classes, {"War": 1.0}, 0.75), p)  # none of p's classes
+    np.testing.assert_array_equal(blend_profile(p, classes, {"Comedy": 1.0}, 0.0), p)
     np.testing.assert_allclose(blend_profile(p, classes, {"Comedy": 0.2, "Drama": 0.6}, 1.0), [0.75, 0.25, 0])
