@@ -43,7 +43,7 @@ class InterestConfig:
     setting changed alone from the defaults)."""
     category_blend: float = 0.75
     """Share of the recent-category profile in the served next-category distribution; the head's softmax
-    has the rest (``head.blend_profile``). Validation as above: 0 (the head alone) 0.495, 0.5 0.551, 0.75
+    has the rest (``head.blend_profiles``). Validation as above: 0 (the head alone) 0.495, 0.5 0.551, 0.75
     0.562, 0.9 0.561, 1 (the profile alone) 0.554."""
 
     # Softmax head (online multinomial logistic regression)

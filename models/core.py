@@ -105,7 +105,7 @@ class BatchResult:
     duplicates: int  # events whose id the user had already seen (producer-side duplicates)
     applied: list[tuple[Event, Item]]  # in the order they were applied (event time)
     predictions: list[np.ndarray]  # per applied event: the category probabilities served before it
-    # (the head's, blended with the user's recent categories: ``head.blend_profile``)
+    # (the head's, blended with the user's recent categories: ``head.blend_profiles``)
     redelivered: int = 0  # events at or below their user's applied offset: already in the state
     failed: list[tuple[Event, str]] = field(default_factory=list)  # events the core could not apply
     rebased: int = 0  # states written by another encoder, restarted in this one's space

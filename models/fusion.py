@@ -17,7 +17,7 @@ regions or free context keys producers send. The recent-category profile (``User
 lets the head learn "what this user is picking now" and correct it with the text and time features,
 instead of reading genre taste out of a text vector. Log shares because the head is a softmax: logits
 linear in log p reproduce the profile itself. The rows also keep each profile unhashed: the head's
-prediction is blended with it by name (``head.blend_profile``), which hashing collisions would blur.
+prediction is blended with it by name (``head.blend_profiles``), which hashing collisions would blur.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ features before the event and records hit@1, hit@5 and log-loss, then takes one 
 several categories is a soft target spread evenly over them.
 
 What a user is served (``top_interests``, and what ``evaluate`` scores) is the head's softmax blended
-with the user's own recent categories (``blend_profile``): the head learns across users, the profile
+with the user's own recent categories (``blend_profiles``): the head learns across users, the profile
 knows this user's session.
 
 The class set grows online: a category gets a zero row the first time it appears (before the test step,
@@ -176,7 +176,7 @@ class SoftmaxHead:
         blend: float = 0.0,
     ) -> list[list[tuple[str, float]]]:
         """``top_k`` of each row of ``X``: one matrix product for all rows, ``top_indices`` per row; with
-        ``profiles`` (one per row), of each row's ``blend_profile``."""
+        ``profiles`` (one per row), of each row's ``blend_profiles``."""
         if not self.classes:
             return [[] for _ in range(len(X))]
         Z = X @ self.W.T + self.b

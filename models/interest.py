@@ -24,7 +24,7 @@ The state also keeps, per recent item, its event type and time: the window of th
 And the user's recent-category profile: the same decayed sum with e_i = the item's categories (1/n
 each), per category name, with its own, short time constant ``category_tau_s`` (two minutes: what the
 user is browsing now). The head reads it hashed into ``category_hash_dim`` buckets as behaviour
-features, and its prediction is blended with the profile itself (``models/head.py``, ``blend_profile``).
+features, and its prediction is blended with the profile itself (``models/head.py``, ``blend_profiles``).
 Entries that have faded below a millionth of the largest are dropped, so it holds the categories of the
 user's latest session only.
 
