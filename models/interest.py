@@ -29,12 +29,12 @@ Entries that have faded below a millionth of the largest are dropped, so it hold
 user's latest session only.
 
 Stored size per user (``to_bytes``): 32-byte header + 8 (model tag) + 4*dim (vector) + 12 (counts) +
-24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id + 10 + 4*category buckets
-+ 10 + per profile category 6 bytes + its name + 2 + per recent item 2 bytes + its event id; all-MiniLM
-(384-d), the default window of 256 and 50 recent MovieLens items (ids of up to 6 digits): 3,662 + 10 +
-at most 850 bytes, plus the profile (a MovieLens genre costs 6 + 4 to 11 bytes) and the event ids (2 +
-50 * (2 + id length): 702 bytes for 12-character ids). The event ids name what ``contributions``
-explains.
+24 (offsets) + 8*window (id hashes) + 2 + per recent item 11 bytes + its id + 10 + per profile
+category 6 bytes + its name + 2 + per recent item 2 bytes + its event id (float16 vectors: 2*dim + 4
+instead of 4*dim); all-MiniLM (384-d), the default window of 256 and 50 recent MovieLens items (ids of
+up to 6 digits): 3,662 + 10 + at most 850 bytes, plus the profile (a MovieLens genre costs 6 + 4 to 11
+bytes) and the event ids (2 + 50 * (2 + id length): 702 bytes for 12-character ids). The event ids name
+what ``contributions`` explains.
 """
 
 from __future__ import annotations
