@@ -32,7 +32,7 @@ from evaluation.metrics import CategoryPredictions, rank_metrics
 from evaluation.scorers import Batch, Histories, Scorer
 from models.core import InterestCore
 from models.events import Event, Item, event_order
-from models.head import SoftmaxHead, blend_profiles
+from models.head import SoftmaxHead, blend_profiles, softmax_rows
 from models.sharding import partition_for
 
 Progress = Callable[[int], None]  # called with the number of events just processed
@@ -146,10 +146,7 @@ class LaggedHead(SoftmaxHead):
             end = min(len(X), start + self.lag - self._seen % self.lag)
             W, b = self._snapshot
             if len(W):
-                Z = X[start:end] @ W.T + b
-                Z -= Z.max(axis=1, keepdims=True)
-                P = np.exp(Z)
-                P /= P.sum(axis=1, keepdims=True)
+                P = softmax_rows(X[start:end], W, b)
                 rows = profiles[start:end] if profiles else ()
                 out += list(blend_profiles(P, [len(W)] * len(P), self.index, rows, blend))
             else:

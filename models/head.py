@@ -69,6 +69,15 @@ def blend_profile(
     return blend_profiles(p[None, :], [len(p)], index, [profile], weight)[0]
 
 
+def softmax_rows(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``softmax(W x + b)`` for each row ``x`` of ``X``, in one matrix product."""
+    Z = X @ W.T + b
+    Z -= Z.max(axis=1, keepdims=True)
+    P = np.exp(Z)
+    P /= P.sum(axis=1, keepdims=True)
+    return P
+
+
 def top_indices(p: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` largest entries of ``p``, largest first, ties by index: ``argsort(-p, kind="stable")[:k]``
     without sorting all of ``p`` (argpartition finds the k-th value; only entries at or above it are
@@ -179,10 +188,7 @@ class SoftmaxHead:
         ``profiles`` (one per row), of each row's ``blend_profiles``."""
         if not self.classes:
             return [[] for _ in range(len(X))]
-        Z = X @ self.W.T + self.b
-        Z -= Z.max(axis=1, keepdims=True)
-        P = np.exp(Z)
-        P /= P.sum(axis=1, keepdims=True)
+        P = softmax_rows(X, self.W, self.b)
         P = blend_profiles(P, [len(self.classes)] * len(P), self._index, profiles, blend)
         return [[(self.classes[i], float(p[i])) for i in top_indices(p, k)] for p in P]
 

@@ -211,8 +211,8 @@ class UserState:
         # Faded entries go (the profile is what the user is into *now*), and a bound holds whatever the
         # catalogue's categories: both drop only what weighs a millionth of the largest or is past 64.
         floor = max(self.categories.values()) * PROFILE_KEEP
-        kept = sorted(((w, c) for c, w in self.categories.items() if w >= floor), reverse=True)
-        if len(kept) < len(self.categories) or len(kept) > PROFILE_MAX:
+        if len(self.categories) > PROFILE_MAX or min(self.categories.values()) < floor:
+            kept = sorted(((w, c) for c, w in self.categories.items() if w >= floor), reverse=True)
             self.categories = {c: w for w, c in kept[:PROFILE_MAX]}
 
     def contributions(self, embeddings: Sequence[np.ndarray | None], cfg: InterestConfig) -> list[float]:

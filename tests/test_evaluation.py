@@ -371,3 +371,29 @@ def test_a_mix_ranks_items_outside_a_bounded_rankers_candidates_by_its_other_par
     full = SimpleNamespace(scores=lambda user: np.array([3.0, 1.0, 0.0, -1.0]))
     z = (full.scores("u") - full.scores("u").mean()) / (full.scores("u").std() + 1e-12)
     np.testing.assert_array_equal(Mix("m", full, full, 1.0).scores("u"), z)  # unbounded: plain z-scores
+
+
+def test_lagged_head_predicts_with_old_weights_and_learns_from_every_row():
+    """``LaggedHead``: rows are predicted with the weights as they were at the last multiple of ``lag``
+    rows (across calls), while the weights learn from every row as a plain head's do."""
+    from evaluation.protocols import LaggedHead
+    from models.head import SoftmaxHead, softmax_rows
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 6)).astype(np.float32)
+    cats = [("a",), ("b",), ("a", "c"), ("c",), ("a",), ("b",), ("b",), ("c",), ("a",), ("b",)]
+    plain = SoftmaxHead(6, 0.1)
+    snapshots = []
+    for i in range(10):
+        if i % 4 == 0:
+            snapshots.append((plain.W.copy(), plain.b.copy()))
+        plain.test_then_train_many(X[i : i + 1], cats[i : i + 1])
+    lagged = LaggedHead(SoftmaxHead(6, 0.1), lag=4)
+    served = []
+    for start, end in ((0, 3), (3, 7), (7, 10)):  # calls that do not line up with the lag
+        served += lagged.test_then_train_many(X[start:end], cats[start:end])
+    np.testing.assert_allclose(lagged.W, plain.W, rtol=1e-5, atol=1e-7)
+    assert [len(p) for p in served] == [0] * 4 + [3] * 6  # no class before row 4; a, b, c after
+    for i, p in enumerate(served[4:], start=4):
+        W, b = snapshots[i // 4]
+        np.testing.assert_allclose(p, softmax_rows(X[i : i + 1], W, b)[0], rtol=1e-5)
