@@ -14,6 +14,7 @@ State:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ import faust
 import rocksdict
 
 from streams.settings import Settings
+
+# kafka-python (the admin client of the 30 s changelog check, ``streams.agents``) logs every connection at
+# INFO: about 20 lines every 30 s, which bury the worker's own lines in its log.
+logging.getLogger("kafka").setLevel(logging.WARNING)
 
 settings = Settings.load()
 Path(settings.state_dir).mkdir(parents=True, exist_ok=True)

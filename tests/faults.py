@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -245,6 +245,31 @@ class Cluster:
         return {k.decode(): UserState.from_bytes(v) for k, v in latest.items() if v is not None}
 
 
+def assigned_consumer(settings: Settings, bootstrap: str | None = None, **config) -> KafkaConsumer:  # noqa: ANN003
+    """A consumer of every partition of the updates and DLQ topics, from the beginning, with no group.
+
+    Assigned explicitly once the broker's metadata lists all of the topics' partitions, instead of
+    ``subscribe()``, whose group-less assignment takes whatever partitions kafka-python's metadata
+    lists at that moment: right after ``ensure_topics`` on a broker that has just started, a test must
+    not depend on when a new topic shows up there."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap or settings.broker, group_id=None,
+                             auto_offset_reset="earliest", consumer_timeout_ms=200, **config)  # fmt: skip
+    topics = (settings.updates_topic, settings.dlq_topic)
+    deadline = time.monotonic() + 60
+    while True:
+        known = {t: consumer.partitions_for_topic(t) or set() for t in topics}
+        if all(len(p) == settings.partitions for p in known.values()):
+            break
+        if time.monotonic() > deadline:
+            consumer.close()
+            raise TimeoutError(f"the broker's metadata lists only these partitions after 60 s: {known}")
+        time.sleep(0.2)
+    partitions = [TopicPartition(t, p) for t, ps in known.items() for p in sorted(ps)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    return consumer
+
+
 class Watcher(threading.Thread):
     """Reads the updates and dead-letter topics from the beginning while a scenario runs."""
 
@@ -268,10 +293,7 @@ class Watcher(threading.Thread):
                 time.sleep(1.0)
 
     def _consume(self) -> None:
-        consumer = KafkaConsumer(self.settings.updates_topic, self.settings.dlq_topic,
-                                 bootstrap_servers=self.bootstrap, group_id=None,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=200,
-                                 max_partition_fetch_bytes=16 * 1024**2)  # fmt: skip
+        consumer = assigned_consumer(self.settings, self.bootstrap, max_partition_fetch_bytes=16 * 1024**2)
         try:
             while not self.stop_flag.is_set():
                 for msg in consumer:

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from faults import stop_worker
+from faults import assigned_consumer, stop_worker
 from kafka import KafkaConsumer, KafkaProducer
 
 from models.cache import CachedEncoder
@@ -52,27 +52,33 @@ def bad_records(known_user: str) -> list[tuple[str, bytes | None, bytes, str]]:
 
 
 class Collector(threading.Thread):
-    """A separate consumer of the updates and DLQ topics, from the beginning."""
+    """A separate consumer of the updates and DLQ topics, from the beginning.
+
+    A failure of its consumer is kept in ``error`` (and shown by ``wait_all_applied``), not lost with
+    the thread."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(daemon=True)
         self.settings = settings
         self.updates: dict[str, list[dict]] = defaultdict(list)
         self.dead: list = []
+        self.error: BaseException | None = None
         self.stop_flag = threading.Event()
 
     def run(self) -> None:
-        consumer = KafkaConsumer(self.settings.updates_topic, self.settings.dlq_topic,
-                                 bootstrap_servers=self.settings.broker, group_id=None,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=200)  # fmt: skip
-        while not self.stop_flag.is_set():
-            for msg in consumer:
-                if msg.topic == self.settings.updates_topic:
-                    u = json.loads(msg.value)
-                    self.updates[u["user_id"]].append(u)
-                else:
-                    self.dead.append(msg)
-        consumer.close()
+        try:
+            consumer = assigned_consumer(self.settings)
+            while not self.stop_flag.is_set():
+                for msg in consumer:
+                    if msg.topic == self.settings.updates_topic:
+                        u = json.loads(msg.value)
+                        self.updates[u["user_id"]].append(u)
+                    else:
+                        self.dead.append(msg)
+            consumer.close()
+        except BaseException as exc:
+            self.error = exc
+            raise
 
 
 def worker_env(bootstrap: str, prefix: str, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -92,14 +98,16 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
                             stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
 
 
-def wait_for(cond, timeout_s: float, what: str, log: Path) -> None:
+def wait_for(cond, timeout_s: float, what: str, log: Path, detail=None) -> None:  # noqa: ANN001
+    """Poll ``cond`` until true; on timeout fail with ``detail()`` (what was seen) and the log's tail."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if cond():
             return
         time.sleep(0.5)
     tail = log.read_text(errors="replace")[-6000:] if log.exists() else ""
-    pytest.fail(f"timed out waiting for {what}\n--- worker log tail ---\n{tail}")
+    seen = f"\n{detail()}" if detail is not None else ""
+    pytest.fail(f"timed out waiting for {what}{seen}\n--- worker log tail ---\n{tail}")
 
 
 def wait_all_applied(collector: Collector, records, timeout_s: float, log: Path) -> dict[str, int]:  # noqa: ANN001
@@ -109,7 +117,14 @@ def wait_all_applied(collector: Collector, records, timeout_s: float, log: Path)
         collector.updates.get(u) and collector.updates[u][-1]["events_applied"] == n
         for u, n in counts.items()
     )
-    wait_for(done, timeout_s, "every user's last update", log)
+
+    def seen() -> str:
+        last = {u: (collector.updates[u][-1]["events_applied"] if collector.updates.get(u) else None)
+                for u in counts}  # fmt: skip
+        behind = {u: f"{last[u]} of {n}" for u, n in counts.items() if last[u] != n}
+        return f"the collector's last events_applied per user behind: {behind}; error: {collector.error!r}"
+
+    wait_for(done, timeout_s, "every user's last update", log, detail=seen)
     return counts
 
 
