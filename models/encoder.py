@@ -75,7 +75,23 @@ _PROBE_TEXTS = ["wireless earbuds", "Amélie (2001)", "東京物語 (1953)", "x 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 CHUNK_BATCHES = 8
-"""``encode`` tokenises this many batches' texts at a time, the next chunk while this one runs."""
+"""On a GPU ``encode`` tokenises this many batches' texts at a time, the next chunk while this one runs."""
+CPU_CHUNK_BATCHES = 64
+"""On the CPU ``encode`` tokenises this many batches' texts at a time, in the calling thread, and sorts
+them by token count together. Tokenising the next chunk in a second thread (as on a GPU) made ``encode``
+1.4-1.6x slower on 2 cores: the tokenizer's threads and onnxruntime's or torch's compete for the same
+cores (2,000 MovieLens titles, onnx fp32: 272-298 titles/s overlapped, 411-416 in one chunk)."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). There, ``dtype="bf16"``
+    with torch is the fastest CPU encoder we measured (``benchmarks/encoder.py``); elsewhere torch
+    emulates bfloat16, slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def default_onnx_dir() -> Path:
@@ -204,15 +220,22 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of ``texts``, in their order.
 
-        Texts are tokenised a chunk (``CHUNK_BATCHES`` batches) at a time, in a second thread one chunk
-        ahead: the Rust tokenizer releases the GIL, so on a GPU the next chunk's tokens are ready when
-        the current chunk's forward passes end, instead of the GPU idling while Python tokenises.
+        On a GPU, texts are tokenised a chunk (``CHUNK_BATCHES`` batches) at a time, in a second thread
+        one chunk ahead: the Rust tokenizer releases the GIL, so the next chunk's tokens are ready when
+        the current chunk's forward passes end, instead of the GPU idling while Python tokenises. On the
+        CPU the tokenizer would only take cores from the model, so chunks (``CPU_CHUNK_BATCHES``) are
+        tokenised in turn.
         """
         self.load()
-        chunk = self.batch_size * CHUNK_BATCHES
+        on_gpu = self.device_name.startswith("cuda")
+        chunk = self.batch_size * (CHUNK_BATCHES if on_gpu else CPU_CHUNK_BATCHES)
         if len(texts) <= chunk:
             return self.encode_ids(self.tokenize(texts))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not on_gpu:
+            for start in range(0, len(texts), chunk):
+                out[start : start + chunk] = self.encode_ids(self.tokenize(texts[start : start + chunk]))
+            return out
         with ThreadPoolExecutor(1, thread_name_prefix="encoder-tokenize") as pool:
             pending: Future[list[list[int]]] = pool.submit(self.tokenize, texts[:chunk])
             for start in range(0, len(texts), chunk):

@@ -9,7 +9,7 @@ import pytest
 
 from models import encoder as encoder_module
 from models.cache import CachedEncoder
-from models.encoder import TextEncoder
+from models.encoder import TextEncoder, cpu_has_bf16
 from models.events import Item
 from models.interest import model_tag
 from models.sources import movielens_items
@@ -120,11 +120,16 @@ def test_cache_encodes_each_text_once_and_survives_reopen(encoder, tmp_path):
 # -- int8, half precision, padding, threads, GPU fallback ------------------------------------------------
 
 
+def first_1000_titles() -> list[str]:
+    """The text of the first 1,000 MovieLens movies by id."""
+    items = movielens_items()
+    return [items[movie].encoder_text for movie in sorted(items, key=int)[:1000]]
+
+
 @pytest.fixture(scope="module")
 def movielens_vectors(torch_encoder) -> dict[str, np.ndarray]:
     """The first 1,000 MovieLens movies (by id) encoded by torch, the fp32 graph and the int8 graph."""
-    items = movielens_items()
-    texts = [items[movie].encoder_text for movie in sorted(items, key=int)[:1000]]
+    texts = first_1000_titles()
     return {
         "torch": torch_encoder.encode(texts),
         "onnx": TextEncoder(backend="onnx").encode(texts),
@@ -174,6 +179,15 @@ def test_int8_meets_the_issue_targets(movielens_vectors):
     int8, torch = movielens_vectors["onnx-int8"], movielens_vectors["torch"]
     assert _cosines(int8, torch).min() >= 0.99
     assert _nearest_neighbour_agreement(int8, torch) >= 0.95
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 instructions")
+def test_bf16_on_the_cpu_meets_the_targets_int8_misses(movielens_vectors):
+    """torch in bfloat16 on a CPU with bfloat16 instructions: the fast CPU path that keeps parity."""
+    bf16 = TextEncoder(backend="torch", dtype="bf16").encode(first_1000_titles())
+    torch = movielens_vectors["torch"]
+    assert _cosines(bf16, torch).min() >= 0.999
+    assert _nearest_neighbour_agreement(bf16, torch) >= 0.95
 
 
 def test_each_vector_variant_has_its_own_identity_and_cache_keys(tmp_path):
@@ -241,9 +255,13 @@ def test_batches_are_cut_by_token_count_and_pad_to_their_own_longest(torch_encod
     np.testing.assert_allclose(vecs, torch_encoder.encode(MIXED_TEXTS), atol=1e-5)
 
 
-def test_texts_tokenised_a_chunk_ahead_come_back_in_order(monkeypatch):
+@pytest.mark.parametrize("path", ["cpu: chunks in turn", "gpu: the next chunk tokenised in a thread"])
+def test_texts_tokenised_in_chunks_come_back_in_order(monkeypatch, path):
     monkeypatch.setattr(encoder_module, "CHUNK_BATCHES", 1)
-    onnx = TextEncoder(backend="onnx", batch_size=4)
+    monkeypatch.setattr(encoder_module, "CPU_CHUNK_BATCHES", 1)
+    onnx = TextEncoder(backend="onnx", batch_size=4).load()
+    if path.startswith("gpu"):
+        onnx.device_name = "cuda"  # only picks encode's chunking: the onnx session stays on the CPU
     texts = [f"{title} {n}" for n, title in enumerate(MIXED_TEXTS)]  # 27 texts: 7 chunks of <= 4
     np.testing.assert_allclose(onnx.encode(texts), onnx.encode_ids(onnx.tokenize(texts)), atol=1e-6)
     np.testing.assert_allclose(onnx.encode(texts)[5], onnx.encode([texts[5]])[0], atol=1e-5)
