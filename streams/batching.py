@@ -7,7 +7,8 @@ records fetched during processing sit in faust's buffer instead of in the next b
 
 Here a reader task moves records into a buffer all the time (up to one batch ahead: then it waits, and
 faust's own buffers and flow control hold the rest), and the worker takes whatever is there as soon as
-it is free: one record at low load, so an event is applied as soon as it arrives, and a full batch under
+it is free, once the records already fetched have had the loop to arrive (``take``): one record at low
+load, so an event is applied as soon as it arrives, and a full batch under
 load, so the per-batch costs (the broker round trips that make a batch durable) are shared by many
 records. ``linger_s`` > 0 trades latency back for larger batches at moderate load.
 """
@@ -19,6 +20,11 @@ from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+IDLE_TURNS = 4
+"""Loop turns without a new record after which ``take`` stops waiting for more: a record on its way from
+faust's buffers to this one passes a few tasks, each a turn."""
 
 
 class AdaptiveBatches(Generic[T]):
@@ -44,12 +50,26 @@ class AdaptiveBatches(Generic[T]):
         self._arrived.set()
 
     async def take(self) -> list[T]:
-        """The records waiting now (at most ``max_batch``); wait only if there are none."""
+        """The records waiting now (at most ``max_batch``); wait only if there are none.
+
+        Records already fetched reach the buffer only when the reader (and faust's tasks behind it) get
+        the event loop, so right after a batch the buffer holds only what moved while that batch awaited
+        the broker. Before taking, the loop is yielded for as long as the buffer keeps growing (up to
+        ``max_batch``): a backlog then makes full batches, and at low load this costs a few loop turns."""
         while not self._buffer:
             self._arrived.clear()
             await self._arrived.wait()
+        idle_turns = 0
+        while len(self._buffer) < self.max_batch and idle_turns < IDLE_TURNS:
+            before = len(self._buffer)
+            await asyncio.sleep(0)
+            idle_turns = idle_turns + 1 if len(self._buffer) == before else 0
         if self.linger_s > 0 and len(self._buffer) < self.max_batch:
             await asyncio.sleep(self.linger_s)
+        return self.take_now()
+
+    def take_now(self) -> list[T]:
+        """The records waiting now (at most ``max_batch``; maybe none), without waiting."""
         batch = self._buffer[: self.max_batch]
         del self._buffer[: self.max_batch]
         self._room.set()
@@ -72,10 +92,13 @@ async def adaptive_batches(
         while True:
             taking = asyncio.ensure_future(batches.take())
             await asyncio.wait({taking, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if not taking.done():
-                taking.cancel()
-                reader.result()  # the source failed: raise its error
-                return  # the source ended
-            yield taking.result()
+            if taking.done():
+                yield taking.result()
+                continue
+            taking.cancel()  # a take leaves the buffer as it is until it returns
+            reader.result()  # the source failed: raise its error
+            while len(batches):  # the source ended: what it delivered still goes out
+                yield batches.take_now()
+            return
     finally:
         reader.cancel()

@@ -55,3 +55,32 @@ def test_an_error_of_the_source_reaches_the_consumer():
 
     with pytest.raises(RuntimeError, match="fetch failed"):
         asyncio.run(main())
+
+
+def test_a_backlog_that_moves_a_hop_per_loop_turn_still_makes_full_batches():
+    """Like faust's buffers: fetched records reach the source through another task, a hop per loop turn,
+    and a worker busy without awaiting (the core's arithmetic) lets nothing move meanwhile."""
+
+    async def main():
+        hops: asyncio.Queue[int] = asyncio.Queue()
+
+        async def fetcher():
+            for i in range(1000):
+                await hops.put(i)
+                await asyncio.sleep(0)
+
+        async def source():
+            for _ in range(1000):
+                yield await hops.get()
+
+        feeding = asyncio.ensure_future(fetcher())
+        got = []
+        async for batch in adaptive_batches(source(), max_batch=100):
+            got.append(batch)
+            time.sleep(0.002)  # processing that never yields the loop
+        await feeding
+        return got
+
+    got = asyncio.run(main())
+    assert [x for b in got for x in b] == list(range(1000))
+    assert len(got) <= 12, [len(b) for b in got]  # taken as it stood after each batch: ~1 record each
