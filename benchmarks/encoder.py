@@ -126,8 +126,9 @@ def run(titles: int = 2000, threads: int = 0, out: Path = RESULTS, naive_titles:
     reference = vectors["torch"]
     agreement = {key: float((v * reference).sum(1).min()) for key, v in vectors.items()}
 
-    padding = padded_positions(texts, ours["onnx"].tokenize(texts), ours["onnx"].batch_size)
-    over = sum(len(ids) >= ours["onnx"].max_length for ids in ours["onnx"].tokenize(texts))
+    tokens = ours["onnx"].tokenize(texts)
+    padding = padded_positions(texts, tokens, ours["onnx"].batch_size)
+    over = sum(len(ids) >= ours["onnx"].max_length for ids in tokens)
 
     seconds: dict[str, list[float]] = {key: [] for key in rows}
     full: dict[str, np.ndarray] = {}  # each row's vectors of every title, from its first round

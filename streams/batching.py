@@ -8,9 +8,9 @@ records fetched during processing sit in faust's buffer instead of in the next b
 Here a reader task moves records into a buffer all the time (up to one batch ahead: then it waits, and
 faust's own buffers and flow control hold the rest), and the worker takes whatever is there as soon as
 it is free, once the records already fetched have had the loop to arrive (``take``): one record at low
-load, so an event is applied as soon as it arrives, and a full batch under
-load, so the per-batch costs (the broker round trips that make a batch durable) are shared by many
-records. ``linger_s`` > 0 trades latency back for larger batches at moderate load.
+load, so an event is applied as soon as it arrives, and a full batch under load, so the per-batch costs
+(the broker round trips that make a batch durable) are shared by many records. ``linger_s`` > 0 trades
+latency back for larger batches at moderate load.
 """
 
 from __future__ import annotations
