@@ -113,18 +113,17 @@ def wait_for(cond, timeout_s: float, what: str, log: Path, detail=None) -> None:
 def wait_all_applied(collector: Collector, records, timeout_s: float, log: Path) -> dict[str, int]:  # noqa: ANN001
     """Wait until each user's last update has applied all of the user's ``records``; their counts."""
     counts = dict(Counter(e["user_id"] for _, e in records))
-    done = lambda: all(  # noqa: E731
-        collector.updates.get(u) and collector.updates[u][-1]["events_applied"] == n
-        for u, n in counts.items()
-    )
+
+    def behind() -> dict[str, str]:
+        """Users whose last update so far has not applied all their records: "seen of expected"."""
+        last = {u: collector.updates[u][-1]["events_applied"] if collector.updates.get(u) else None
+                for u in counts}  # fmt: skip
+        return {u: f"{last[u]} of {n}" for u, n in counts.items() if last[u] != n}
 
     def seen() -> str:
-        last = {u: (collector.updates[u][-1]["events_applied"] if collector.updates.get(u) else None)
-                for u in counts}  # fmt: skip
-        behind = {u: f"{last[u]} of {n}" for u, n in counts.items() if last[u] != n}
-        return f"the collector's last events_applied per user behind: {behind}; error: {collector.error!r}"
+        return f"the collector's last events_applied per user behind: {behind()}; error: {collector.error!r}"
 
-    wait_for(done, timeout_s, "every user's last update", log, detail=seen)
+    wait_for(lambda: not behind(), timeout_s, "every user's last update", log, detail=seen)
     return counts
 
 
