@@ -43,7 +43,7 @@ from streams.app import (
 )
 from streams.batching import adaptive_batches
 from streams.catalog import Catalog
-from streams.checkpoint import TP, OffsetLedger, Verdict
+from streams.checkpoint import TP, OffsetLedger
 from streams.checkpoint import install as install_checkpoint
 from streams.model_sync import ServedModel
 from streams.replicas import HeadExchange
@@ -319,16 +319,11 @@ async def add_model_outputs(core: InterestCore, updates: list[InterestUpdate], s
 def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
     """The records of ``batch`` to process, in order; where partitions with a gap must seek back."""
     committed = app.consumer._committed_offset  # what faust sought each partition to (None: 0 or none)
-    records, seeks = [], {}
-    for record in batch:
-        msg = record.message
-        tp = TP(msg.topic, msg.partition)
-        verdict = ledger.admit(tp, msg.offset, msg.generation_id, committed.get(msg.tp) or 0)
-        if verdict is Verdict.PROCESS and tp not in seeks:
-            records.append(record)
-        elif verdict is Verdict.SEEK:
-            seeks[tp] = ledger.read_offset(tp)
-    return records, seeks
+    process, seeks = ledger.admit_batch(
+        (TP(m.topic, m.partition), m.offset, m.generation_id, committed.get(m.tp) or 0)
+        for m in (record.message for record in batch)
+    )
+    return [batch[i] for i in process], seeks
 
 
 async def seek(offsets: dict[TP, int]) -> None:
@@ -516,7 +511,9 @@ def owned_partitions() -> list[int]:
 
 _assigned_at = time.monotonic()
 silent_records: dict[TP, int] = {}
-"""Owned input partitions that hold records but have delivered none (``wake_silent_partitions``)."""
+"""Owned input partitions that hold records but have delivered none (``wake_stuck_partitions``)."""
+woken: list[int] = [0]
+"""How many times a stuck partition was sought back (``wake_stuck_partitions``)."""
 
 
 @app.on_partitions_assigned.connect
@@ -525,16 +522,42 @@ async def note_assignment(sender: object, assigned: object, **kwargs: object) ->
     _assigned_at = time.monotonic()
 
 
-@app.timer(interval=10.0)
-async def wake_silent_partitions() -> None:
-    """Find owned input partitions that hold unread records but have delivered none to the agent for
-    ``STALL_S`` while the worker sat idle, say so, and make the consumer fetch them again (resume, seek
-    to where reading starts).
+def fetch_state(tps: Sequence[TP]) -> str:
+    """Where the records of ``tps`` could be held up, for the log: faust's fetch sets (active, paused,
+    held for a full buffer), aiokafka's position and prefetched records, and the buffers before the
+    agent. Read from the consumer's thread's objects without locking: a snapshot for a human."""
+    consumer = app.consumer
+    parts = [f"stream queue {event_topic.queue.qsize()} (pressure callbacks pending "
+             f"{len(getattr(event_topic.queue, '_pending_pressure_drop_callbacks', ()))})",
+             f"flow_active={consumer.flow_active} flow_control={app.flow_control.is_active()}"]  # fmt: skip
+    with contextlib.suppress(Exception):
+        kafka = consumer._thread._consumer
+        assignment = kafka._subscription.subscription.assignment
+        for tp in tps:
+            ftp = faust.types.TP(*tp)
+            state = assignment.state_value(ftp) if ftp in assignment.tps else None
+            prefetched = kafka._fetcher._records.get(ftp)
+            parts.append(
+                f"{tp.topic}[{tp.partition}]: faust active={ftp in (consumer._active_partitions or ())} "
+                f"paused={ftp in consumer._paused_partitions} buffered={ftp in consumer._buffered_partitions}"
+                f"; aiokafka assigned={state is not None} paused={getattr(state, 'paused', None)} "
+                f"position={getattr(state, '_position', None)} prefetched={prefetched!r}"
+                f"; ledger {ledger.describe(tp)}"
+            )
+    return "; ".join(parts)
 
-    Seen once, in a two-worker test on an overloaded machine: after a restart's rebalance a worker owned
-    a partition with a backlog, nothing arrived from it, and the worker reported no lag (the ledger counts
-    only partitions that delivered something). Records are not lost that way (nothing of them is
-    committed), but nobody would process them until the next rebalance.
+
+@app.timer(interval=10.0)
+async def wake_stuck_partitions() -> None:
+    """Find owned input partitions that hold records this worker has not done while it has sat idle for
+    ``STALL_S``, say so (with where the records could be held up), and read them again from where
+    reading starts (resume the partition, forget the read position, seek).
+
+    A worker that is idle while its partitions hold records is stuck: nothing is lost (what is not done
+    is not committed), but nobody would process those records until the next rebalance. Seen in
+    multi-worker tests on an overloaded machine: after a rebalance, a partition with a backlog
+    delivered nothing at all; and once, a partition whose ledger sought back over a gap never
+    delivered the records it sought (each record after them was then dropped as ahead of the re-fetch).
     """
     silent_records.clear()
     now = time.monotonic()
@@ -554,15 +577,20 @@ async def wake_silent_partitions() -> None:
         return
     committed = app.consumer._committed_offset
     start = {TP(*tp): max(committed.get(tp) or 0, earliest.get(tp, 0)) for tp in owned}
-    found = ledger.silent([TP(*tp) for tp in owned], app.consumer_generation_id, app.rebalancing_count,
-                          start, {TP(*tp): end for tp, end in ends.items()})  # fmt: skip
+    found = ledger.waiting([TP(*tp) for tp in owned], app.consumer_generation_id, app.rebalancing_count,
+                           start, {TP(*tp): end for tp, end in ends.items()})  # fmt: skip
     if not found:
         return
-    silent_records.update(found)
-    log.warning("%s hold %d unread records and delivered none for %.0f s; fetching them again",
+    current = ledger.is_current(app.consumer_generation_id, app.rebalancing_count)
+    seen = set(ledger.partitions()) if current else set()
+    silent_records.update({tp: n for tp, n in found.items() if tp not in seen})
+    log.warning("%s hold %d records not done and nothing was done for %.0f s; reading them again (%s)",
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in found), sum(found.values()),
-                now - max(_assigned_at, ledger.progressed_at))  # fmt: skip
+                now - max(_assigned_at, ledger.progressed_at), fetch_state(list(found)))  # fmt: skip
+    woken[0] += 1
     app.consumer.resume_partitions({faust.types.TP(*tp) for tp in found})
+    for tp in found:
+        ledger.reread(tp)
     with contextlib.suppress(Exception):  # refused mid-rebalance: the next look tries again
         await seek({tp: start[tp] for tp in found})
 

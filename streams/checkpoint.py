@@ -126,6 +126,28 @@ class OffsetLedger:
         log.warning("gap in %s: expected offset %d, got %d; seeking back", tp, read, offset)
         return Verdict.SEEK
 
+    def admit_batch(
+        self, records: Iterable[tuple[TP, int, int | None, int | None]]
+    ) -> tuple[list[int], dict[TP, int]]:
+        """``admit`` for a batch of (partition, offset, generation, committed offset) in delivery order:
+        the indices of the records to process, and where partitions with a gap must seek back.
+
+        Once a partition must seek back, its later records in the batch are not judged at all. They may
+        be the missing records already (faust re-fetches from the committed offset after a rebalance, so
+        a batch can hold a record fetched before that seek and then the re-fetch), and admitting them
+        would move the read position past records that this batch drops, so that the seek's re-fetch
+        would find them "seen": never processed, and committed with the next record done."""
+        process, seeks = [], {}
+        for index, (tp, offset, generation, committed) in enumerate(records):
+            if tp in seeks:
+                continue
+            verdict = self.admit(tp, offset, generation, committed)
+            if verdict is Verdict.PROCESS:
+                process.append(index)
+            elif verdict is Verdict.SEEK:
+                seeks[tp] = self.read_offset(tp)
+        return process, seeks
+
     def read_offset(self, tp: TP) -> int:
         return self._read[tp]
 
@@ -169,7 +191,7 @@ class OffsetLedger:
     def partitions(self) -> list[TP]:
         return list(self._done)
 
-    def silent(
+    def waiting(
         self,
         owned: Iterable[TP],
         generation: int,
@@ -177,17 +199,34 @@ class OffsetLedger:
         start: Mapping[TP, int],
         ends: Mapping[TP, int],
     ) -> dict[TP, int]:
-        """Owned partitions with records to read (``start``: where reading starts, the committed offset or
-        the earliest record; ``ends``: the high-water marks) of which none has reached a batch in this
-        assignment: partition -> records waiting. A partition that delivers nothing while it has records
-        is not lagging by the ledger's count (it knows only partitions it has seen), so it is found here.
-        """
-        seen = self._read if self.is_current(generation, rebalances) else {}
-        return {
-            tp: ends[tp] - start.get(tp, 0)
-            for tp in owned
-            if tp not in seen and tp in ends and ends[tp] > start.get(tp, 0)
-        }
+        """Owned partitions holding records this worker has not done: partition -> records waiting.
+
+        A partition that has delivered something in this assignment counts from what is done; one that
+        has not, from ``start`` (where reading starts: the committed offset or the earliest record). The
+        latter is not lagging by ``lag`` (which knows only partitions it has seen). ``ends``: the
+        high-water marks; a partition without one is not judged."""
+        current = self.is_current(generation, rebalances)
+        waiting = {}
+        for tp in owned:
+            if tp not in ends:
+                continue
+            begin = self._done[tp] if current and tp in self._done else start.get(tp, 0)
+            if ends[tp] > begin:
+                waiting[tp] = ends[tp] - begin
+        return waiting
+
+    def describe(self, tp: TP) -> str:
+        rewind = self._rewind.get(tp)
+        text = f"read={self._read.get(tp)} done={self._done.get(tp)} committed={self._committed.get(tp)}"
+        return text + (f" awaiting re-fetch of {rewind.expected}..{rewind.refetch_bound}" if rewind else "")
+
+    def reread(self, tp: TP) -> None:
+        """Forget how far ``tp`` was read (not what is done): its next record is admitted as the first
+        of the assignment, checked against the committed offset. For a partition sought back to where
+        reading starts because the records it owes never came."""
+        self._read.pop(tp, None)
+        self._rewind.pop(tp, None)
+        self.gaps += 1
 
 
 class _UnfilteredInputs(dict):

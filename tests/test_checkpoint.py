@@ -118,14 +118,68 @@ def test_faust_no_longer_filters_input_records_by_its_read_offset():
     assert callable(consumer._commit_tps)
 
 
-def test_an_owned_partition_that_delivers_nothing_while_it_has_records_is_silent():
+def test_owned_partitions_with_records_not_done_are_waiting_whether_or_not_they_delivered():
     ledger = OffsetLedger()
     ledger.begin(1, 0)
-    a, b, c = TP("click", 0), TP("click", 1), TP("click", 2)
-    assert ledger.admit(a, 0, 1, 0) is Verdict.PROCESS
-    start, ends = {a: 0, b: 5, c: 7}, {a: 10, b: 9, c: 7}
-    # a delivered a record; b has 4 records it never delivered; c has none to deliver
-    assert ledger.silent([a, b, c], 1, 0, start, ends) == {b: 4}
-    # after a rebalance nothing has been delivered yet in the new assignment
-    assert ledger.silent([a, b, c], 2, 0, start, ends) == {a: 10, b: 4}
-    assert ledger.silent([a, b], 1, 0, start, {a: 10}) == {}  # no high-water mark known: not judged
+    a, b, c, d = TP("click", 0), TP("click", 1), TP("click", 2), TP("click", 3)
+    for offset in range(3):
+        assert ledger.admit(a, offset, 1, 0) is Verdict.PROCESS
+    assert ledger.admit(d, 0, 1, 0) is Verdict.PROCESS
+    ledger.done({a: 2, d: 0}, ledger.generation)
+    start, ends = {a: 0, b: 5, c: 7, d: 0}, {a: 10, b: 9, c: 7, d: 1}
+    # a delivered and did 3 of its 10; b never delivered its 4; c has none; d did all it has
+    assert ledger.waiting([a, b, c, d], 1, 0, start, ends) == {a: 7, b: 4}
+    # after a rebalance nothing is done in the new assignment: counted from where reading starts
+    assert ledger.waiting([a, b, c, d], 2, 0, start, ends) == {a: 10, b: 4, d: 1}
+    assert ledger.waiting([a, b], 1, 0, start, {a: 10}) == {a: 7}  # no high-water mark known: not judged
+
+
+def test_a_partition_read_again_after_a_re_fetch_that_never_came_resumes_from_the_committed_offset():
+    ledger = OffsetLedger()
+    ledger.begin(1, 0)
+    tp = TP("click", 2)
+    assert ledger.admit(tp, 828, 1, 827) is Verdict.SEEK  # 827 never reached the worker
+    assert ledger.admit(tp, 829, 1, 827) is Verdict.AHEAD  # ... and its re-fetch never comes:
+    assert ledger.admit(tp, 900, 1, 827) is Verdict.AHEAD  # everything after it is dropped
+    assert "awaiting re-fetch of 827..828" in ledger.describe(tp)
+    ledger.reread(tp)  # the stuck partition is sought back to where reading starts (827)
+    assert ledger.admit(tp, 827, 1, 827) is Verdict.PROCESS
+    assert ledger.admit(tp, 828, 1, 827) is Verdict.PROCESS
+    ledger.done({tp: 828}, ledger.generation)
+    assert ledger.committable() == {tp: 829}
+    # read again from further back than that (the committed offset was older): already done, processed
+    # again (the user states recognise what they hold), and what is done does not go back
+    ledger.reread(tp)
+    assert ledger.admit(tp, 800, 1, 800) is Verdict.PROCESS
+    assert ledger.committable() == {tp: 829}
+
+
+def test_a_batch_holding_a_gap_and_its_re_fetch_drops_both_and_the_seek_brings_them_again():
+    """Seen in a multi-worker run: after a rebalance the first record of a partition in a batch was past
+    the committed offset (827 skipped), and the same batch already held faust's re-fetch from 827. The
+    re-fetch was admitted while the batch dropped it, so the seek's re-fetch found 827.. "seen": the
+    partition stalled, and a record after them would have committed them unprocessed."""
+    ledger = OffsetLedger()
+    ledger.begin(4, 0)
+    tp, other = TP("click", 2), TP("click", 0)
+    first = [(tp, 828, 4, 827), (other, 5, 4, 5), (tp, 827, 4, 827), (tp, 828, 4, 827), (tp, 829, 4, 827)]
+    process, seeks = ledger.admit_batch(first)
+    assert process == [1] and seeks == {tp: 827}
+    # the seek's re-fetch: every record is processed, from the committed offset on
+    process, seeks = ledger.admit_batch([(tp, 827, 4, 827), (tp, 828, 4, 827), (tp, 829, 4, 827)])
+    assert process == [0, 1, 2] and seeks == {}
+    ledger.done({tp: 829, other: 5}, ledger.generation)
+    assert ledger.committable() == {tp: 830, other: 6}
+
+
+def test_nothing_is_committed_past_records_a_batch_dropped_for_a_gap():
+    ledger = OffsetLedger()
+    ledger.begin(1, 0)
+    tp = TP("click", 2)
+    process, seeks = ledger.admit_batch([(tp, 828, 1, 827), (tp, 827, 1, 827), (tp, 828, 1, 827)])
+    assert process == [] and seeks == {tp: 827}
+    # a record fetched before the seek arrives after it, then the re-fetch
+    process, _ = ledger.admit_batch([(tp, 829, 1, 827)])
+    assert process == []
+    ledger.done({}, ledger.generation)
+    assert ledger.committable().get(tp, 827) == 827
