@@ -76,7 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     lost = set_aside_if_stale(settings)
     if lost:
         print(f"interest-stream worker: {lost}", file=sys.stderr)
-    ensure_topics(settings)
+    ensure_topics(settings, changelogs=True)
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = settings.broker  # streams.app reads the same settings
     from streams.agents import start_loading_core
     from streams.app import app

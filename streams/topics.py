@@ -56,14 +56,29 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     return specs
 
 
-def ensure_topics(settings: Settings) -> list[str]:
-    """Create missing topics; return the names created. Existing topics are left as they are."""
+def changelog_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """The worker's table changelogs, as faust creates them (compacted, a partition per input partition).
+
+    The worker creates them before faust starts: created by faust at start, a topic that the broker had
+    not yet spread to its metadata was left out of the consumer's (faust: "Ignoring missing topic"), and
+    every write to its table then failed with PartitionsMismatch ("the changelog has 0 partitions")
+    until a metadata refresh minutes later; the worker gave up first. Seen once, on a loaded machine."""
+    from streams.recovery import TABLES
+
+    return {f"{settings.app_id}-{table}-changelog": (settings.partitions, {"cleanup.policy": "compact"})
+            for table in TABLES}  # fmt: skip
+
+
+def ensure_topics(settings: Settings, changelogs: bool = False) -> list[str]:
+    """Create missing topics (with ``changelogs``, the worker's table changelogs too); return the names
+    created. Existing topics are left as they are."""
+    specs = {**topic_specs(settings), **(changelog_specs(settings) if changelogs else {})}
     admin = KafkaAdminClient(bootstrap_servers=settings.broker, client_id="interest-stream-admin")
     try:
         existing = set(admin.list_topics())
         wanted = [
             NewTopic(name, partitions, 1, topic_configs=configs)
-            for name, (partitions, configs) in topic_specs(settings).items()
+            for name, (partitions, configs) in specs.items()
             if name not in existing
         ]
         if wanted:
