@@ -43,7 +43,7 @@ from streams.app import (
 )
 from streams.batching import adaptive_batches
 from streams.catalog import Catalog
-from streams.checkpoint import TP, OffsetLedger
+from streams.checkpoint import TP, OffsetLedger, OffsetProbe
 from streams.checkpoint import install as install_checkpoint
 from streams.model_sync import ServedModel
 from streams.replicas import HeadExchange
@@ -72,6 +72,7 @@ class Counters:
 
 counters = Counters()
 ledger = OffsetLedger()
+offset_probe = OffsetProbe(settings.broker)
 DLQ_MAX_VALUE = 1_000_000
 unacknowledged: list[asyncio.Future] = []
 """Sends of the current batch (updates, dead letters) that the broker has not acknowledged yet."""
@@ -316,14 +317,54 @@ async def add_model_outputs(core: InterestCore, updates: list[InterestUpdate], s
         update.sequence = (vectors[update.user_id], served_model.version, learned)
 
 
-def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
-    """The records of ``batch`` to process, in order; where partitions with a gap must seek back."""
+async def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
+    """The records of ``batch`` to process, in order; where partitions with a gap must seek back.
+
+    A gap is first put to the broker (``OffsetProbe``): offsets that hold no record (transaction markers)
+    are noted in the ledger, and where records resume exactly at the record that revealed the gap, the
+    partition goes on from it in this batch, without a seek and a re-fetch per transaction."""
     committed = app.consumer._committed_offset  # what faust sought each partition to (None: 0 or none)
-    process, seeks = ledger.admit_batch(
-        (TP(m.topic, m.partition), m.offset, m.generation_id, committed.get(m.tp) or 0)
-        for m in (record.message for record in batch)
-    )
-    return [batch[i] for i in process], seeks
+    entries = [(TP(m.topic, m.partition), m.offset, m.generation_id, committed.get(m.tp) or 0)
+               for m in (record.message for record in batch)]  # fmt: skip
+    process, gaps = ledger.admit_batch(entries)
+    while gaps:
+        resumed = await ask_where_records_resume({tp: (ledger.read_offset(tp), entries[i][1])
+                                                  for tp, i in gaps.items()})  # fmt: skip
+        if not resumed:
+            break
+        rest = [j for j, entry in enumerate(entries) if entry[0] in resumed and j >= gaps[entry[0]]]
+        for tp in resumed:
+            del gaps[tp]
+        more, again = ledger.admit_batch([entries[j] for j in rest])
+        process += [rest[k] for k in more]
+        gaps.update({tp: rest[k] for tp, k in again.items()})
+    for tp, i in gaps.items():
+        log.warning("gap in %s: expected offset %d, got %d; seeking back", tp, ledger.read_offset(tp),
+                    entries[i][1])  # fmt: skip
+    return [batch[i] for i in sorted(process)], {tp: ledger.read_offset(tp) for tp in gaps}
+
+
+async def ask_where_records_resume(gaps: dict[TP, tuple[int, int]]) -> set[TP]:
+    """For each partition's gap (the first missing offset, the offset of the record that revealed it),
+    ask the broker which offsets from the missing one on hold records (one fetch); note those that hold
+    none in the ledger. Returns the partitions whose records resume exactly at the revealing record
+    (nothing is missing: go on). Without an answer a partition is sought back: the ledger then waits for
+    exactly the missing offset, and the stuck-partition check asks again if it never comes."""
+    loop = asyncio.get_running_loop()
+    resumed = set()
+    for tp, (missing, revealing) in gaps.items():
+        try:
+            offsets = await loop.run_in_executor(None, offset_probe.offsets_from, tp, missing)
+        except Exception as exc:  # noqa: BLE001 - the broker may be briefly away; the seek still helps
+            log.warning("could not ask the broker where %s resumes after offset %d: %r", tp, missing, exc)
+            continue
+        absent = ledger.note_records_from(tp, missing, offsets)
+        if absent:
+            log.info("%s: %d offsets from %d on hold no record (transaction markers, say); stepped over",
+                     tp, absent, missing)  # fmt: skip
+        if offsets and offsets[0] >= revealing:
+            resumed.add(tp)
+    return resumed
 
 
 async def seek(offsets: dict[TP, int]) -> None:
@@ -376,7 +417,7 @@ async def process_batch(core: InterestCore, batch: Sequence[EventT]) -> None:
     rebalances = app.rebalancing_count
     ledger.begin(app.consumer_generation_id, rebalances)
     generation = ledger.generation
-    records, seeks = admit(batch)
+    records, seeks = await admit(batch)
     first: dict[TP, int] = {}
     last: dict[TP, int] = {}
     for record in records:

@@ -21,10 +21,12 @@ The ledger also keeps each partition's records in offset order for the core, and
 on input records: faust's own (it drops a record below the highest offset it has passed on, see
 ``Consumer._drain_messages``) is switched off for the input topics by ``install``, because it also drops
 the records a seek back asks for again whenever a record fetched before the seek is drained after it.
-Offsets arrive in order within a partition; a jump ("gap") means records were skipped on the way (faust
-abandons records when a rebalance starts) or simply do not exist (transaction markers). Either way the
-worker seeks back to the first missing offset and drops later records until the re-fetch arrives: if the
-re-fetch starts past the gap, the gap was real and is accepted.
+Offsets arrive in order within a partition; a jump means records were skipped on the way (faust abandons
+records around a rebalance: a gap) or simply do not exist (transaction markers). The ledger never guesses
+which: the worker asks the broker (``OffsetProbe``: one fetch tells every offset that holds no record), goes
+on over offsets that hold none, and for a real gap seeks back to the first missing offset and drops the
+partition's later records until exactly that offset arrives. A record merely "close" to the gap proves
+nothing: faust may still deliver records fetched before the seek.
 
 Everything is per consumer generation: a rebalance starts a new ledger, and records fetched in an older
 generation are dropped (faust seeks to the committed offsets after a rebalance, so they come again).
@@ -33,8 +35,9 @@ generation are dropped (faust seeks to the committed offsets after a rebalance, 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple
@@ -59,8 +62,11 @@ class Verdict(Enum):
 
 @dataclass
 class _Rewind:
-    expected: int  # the first offset not yet read
-    refetch_bound: int  # a record at or below this offset can only come from the re-fetch
+    expected: int  # the first offset not yet read; later records are dropped until it arrives
+
+
+ABSENT_RANGES_KEPT = 1024
+"""Per partition, how many ranges of offsets known not to exist the ledger remembers (the newest)."""
 
 
 class OffsetLedger:
@@ -71,6 +77,7 @@ class OffsetLedger:
         self._done: dict[TP, int] = {}  # next offset after what finished batches handled
         self._committed: dict[TP, int] = {}
         self._rewind: dict[TP, _Rewind] = {}
+        self._absent: dict[TP, list[tuple[int, int]]] = {}  # [start, end) the broker says do not exist
         self.generation = 0  # increases with every assignment this ledger has seen
         self._assignment: tuple[int, int] = (-1, -1)
         self._consumer_generation = -1
@@ -112,41 +119,69 @@ class OffsetLedger:
         if offset < read:
             return Verdict.SEEN
         rewind = self._rewind.get(tp)
-        if offset == read or (rewind is not None and offset <= rewind.refetch_bound):
-            if offset != read:
-                log.info("offsets %s..%s of %s do not exist (e.g. transaction markers); accepted",
-                         read, offset - 1, tp)  # fmt: skip
+        if offset == read or self._absent_between(tp, read, offset):
             self._rewind.pop(tp, None)
             self._read[tp] = offset + 1
             return Verdict.PROCESS
         if rewind is not None:
             return Verdict.AHEAD
-        self._rewind[tp] = _Rewind(read, offset)
+        self._rewind[tp] = _Rewind(read)
         self.gaps += 1
-        log.warning("gap in %s: expected offset %d, got %d; seeking back", tp, read, offset)
+        log.debug("jump in %s: expected offset %d, got %d", tp, read, offset)
         return Verdict.SEEK
 
     def admit_batch(
-        self, records: Iterable[tuple[TP, int, int | None, int | None]]
+        self, records: Sequence[tuple[TP, int, int | None, int | None]]
     ) -> tuple[list[int], dict[TP, int]]:
         """``admit`` for a batch of (partition, offset, generation, committed offset) in delivery order:
-        the indices of the records to process, and where partitions with a gap must seek back.
+        the indices of the records to process, and for each partition with a gap the index of the record
+        that revealed it (the partition is to be sought back to ``read_offset``, unless the broker says
+        nothing lies between: ``note_absent``, then admit its records from that index again).
 
-        Once a partition must seek back, its later records in the batch are not judged at all. They may
-        be the missing records already (faust re-fetches from the committed offset after a rebalance, so
-        a batch can hold a record fetched before that seek and then the re-fetch), and admitting them
-        would move the read position past records that this batch drops, so that the seek's re-fetch
-        would find them "seen": never processed, and committed with the next record done."""
-        process, seeks = [], {}
+        Once a partition has a gap, its later records in the batch are not judged at all. They may be
+        the missing records already (faust re-fetches from the committed offset after a rebalance, so a
+        batch can hold a record fetched before that seek and then the re-fetch), and admitting them would
+        move the read position past records that this batch drops, so that the seek's re-fetch would
+        find them "seen": never processed, and committed with the next record done."""
+        process, gaps = [], {}
         for index, (tp, offset, generation, committed) in enumerate(records):
-            if tp in seeks:
+            if tp in gaps:
                 continue
             verdict = self.admit(tp, offset, generation, committed)
             if verdict is Verdict.PROCESS:
                 process.append(index)
             elif verdict is Verdict.SEEK:
-                seeks[tp] = self.read_offset(tp)
-        return process, seeks
+                gaps[tp] = index
+        return process, gaps
+
+    def note_absent(self, tp: TP, start: int, end: int) -> None:
+        """The broker says offsets ``start`` .. ``end - 1`` of ``tp`` hold no record (transaction
+        markers, compacted or deleted records): a jump over them is not a gap. Kept across assignments
+        (it is a fact about the log), the newest ``ABSENT_RANGES_KEPT`` ranges per partition."""
+        if end <= start:
+            return
+        ranges = self._absent.setdefault(tp, [])
+        ranges.append((start, end))
+        del ranges[:-ABSENT_RANGES_KEPT]
+
+    def note_records_from(self, tp: TP, start: int, offsets: Sequence[int]) -> int:
+        """One fetch from ``start`` brought records at ``offsets`` (ascending): every offset from
+        ``start`` to the last of them that is not among them holds no record. Returns how many."""
+        absent = [(low + 1, high) for low, high in zip([start - 1, *offsets], offsets, strict=False)
+                  if high > low + 1]  # fmt: skip
+        for low, high in absent:
+            self.note_absent(tp, low, high)
+        return sum(high - low for low, high in absent)
+
+    def _absent_between(self, tp: TP, start: int, end: int) -> bool:
+        """Whether every offset in [start, end) is known to hold no record."""
+        position = start
+        for low, high in sorted(self._absent.get(tp, ())):
+            if low <= position < high:
+                position = high
+            if position >= end:
+                return True
+        return position >= end
 
     def read_offset(self, tp: TP) -> int:
         return self._read[tp]
@@ -161,16 +196,16 @@ class OffsetLedger:
                 self._done[tp] = max(self._done[tp], offset + 1)
         self.progressed_at = time.monotonic()
 
-    def failed(self, first: Mapping[TP, int], generation: int) -> dict[TP, int]:
-        """A batch failed: read again from what is done. Returns where to seek each partition."""
+    def failed(self, partitions: Iterable[TP], generation: int) -> dict[TP, int]:
+        """A batch failed: read its ``partitions`` again from what is done. Returns where to seek each."""
         if generation != self.generation:
             return {}
         seeks = {}
-        for tp, offset in first.items():
+        for tp in partitions:
             if tp in self._done:
                 done = self._done[tp]
                 self._read[tp] = done
-                self._rewind[tp] = _Rewind(done, offset)
+                self._rewind[tp] = _Rewind(done)
                 seeks[tp] = done
                 self.gaps += 1
         return seeks
@@ -218,7 +253,7 @@ class OffsetLedger:
     def describe(self, tp: TP) -> str:
         rewind = self._rewind.get(tp)
         text = f"read={self._read.get(tp)} done={self._done.get(tp)} committed={self._committed.get(tp)}"
-        return text + (f" awaiting re-fetch of {rewind.expected}..{rewind.refetch_bound}" if rewind else "")
+        return text + (f" awaiting the re-fetch of {rewind.expected}" if rewind else "")
 
     def reread(self, tp: TP) -> None:
         """Forget how far ``tp`` was read (not what is done): its next record is admitted as the first
@@ -227,6 +262,50 @@ class OffsetLedger:
         self._read.pop(tp, None)
         self._rewind.pop(tp, None)
         self.gaps += 1
+
+
+class OffsetProbe:
+    """Asks the broker where a partition's records resume at or after an offset, so that the ledger
+    never has to guess whether a jump in offsets is a gap (records skipped on the way: re-read them) or
+    offsets that hold no record (transaction markers: go on).
+
+    A kafka-python consumer of its own (no group, the worker's isolation level: read_uncommitted),
+    created on first use and kept; one question at a time. Blocking: call it from a thread."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        self._consumer: Any = None
+        self._lock = threading.Lock()
+
+    def offsets_from(self, tp: TP, offset: int, max_records: int = 1000) -> list[int]:
+        """The offsets of the records at and after ``offset`` that one fetch brings (up to
+        ``max_records``; empty: none came within the time). Offsets missing between two of them, or before
+        the first, hold no record: a read_uncommitted fetch returns every record, and skips only
+        transaction markers (and what compaction or retention removed)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                               enable_auto_commit=False, auto_offset_reset="earliest",
+                                               client_id="interest-stream-offset-probe")  # fmt: skip
+            partition = TopicPartition(tp.topic, tp.partition)
+            if self._consumer.assignment() != {partition}:
+                self._consumer.assign([partition])
+            self._consumer.seek(partition, offset)
+            deadline = time.monotonic() + self.timeout_s
+            while time.monotonic() < deadline:
+                records = self._consumer.poll(timeout_ms=200, max_records=max_records).get(partition)
+                if records:
+                    return [record.offset for record in records]
+            return []
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
 
 
 class _UnfilteredInputs(dict):

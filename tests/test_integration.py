@@ -27,6 +27,7 @@ from models.head import SoftmaxHead
 from models.interest import UserState
 from models.replay import replay
 from models.sources import movielens_events, movielens_items
+from streams.checkpoint import TP, OffsetProbe
 from streams.devbroker import free_port
 from streams.recovery import local_changelog_offsets, stale_partitions
 from streams.settings import Settings
@@ -311,6 +312,69 @@ def test_broker_supports_transactions(kafka_bootstrap):
                              consumer_timeout_ms=3000)  # fmt: skip
     assert [m.value for m in consumer] == [b"committed"]
     consumer.close()
+
+
+def send_in_transactions(bootstrap: str, transactional_id: str, records, per_transaction: int) -> None:  # noqa: ANN001
+    """(topic, key, value) records, ``per_transaction`` at a time, each group committed as a transaction:
+    the broker writes a marker after each, at an offset that holds no record."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
+    producer.init_transactions()
+    for start in range(0, len(records), per_transaction):
+        producer.begin_transaction()
+        for topic, key, value in records[start : start + per_transaction]:
+            producer.send(topic, key=key, value=value)
+        producer.commit_transaction()
+    producer.close()
+
+
+def test_the_offset_probe_says_where_records_resume_past_transaction_markers(kafka_bootstrap):
+    topic = f"probe-{uuid.uuid4().hex[:8]}"
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    admin.close()
+    # offsets 0-2, marker 3; 4-5, marker 6
+    send_in_transactions(kafka_bootstrap, f"tx-{topic}", [(topic, b"k", b"v")] * 5, per_transaction=3)
+    probe = OffsetProbe(kafka_bootstrap, timeout_s=3.0)
+    try:
+        tp = TP(topic, 0)
+        assert probe.offsets_from(tp, 0) == [0, 1, 2, 4, 5]
+        assert [probe.offsets_from(tp, o)[0] for o in (2, 3, 5)] == [2, 4, 5]
+        assert probe.offsets_from(tp, 6) == []  # only the last marker lies there
+    finally:
+        probe.close()
+
+
+def test_a_transactional_producers_events_are_all_applied(kafka_bootstrap, encoder, tmp_path):
+    """A producer writing in transactions (an exactly-once Flink or Kafka Streams job upstream) leaves a
+    marker offset after every commit in every partition it wrote to. To the worker each is a jump in
+    offsets: it asks the broker (``OffsetProbe``), steps over the marker, and applies every event."""
+    run = uuid.uuid4().hex[:8]
+    extra = {"INTEREST_PARTITIONS": "1", "INTEREST_MAX_WAIT_S": "0.05"}
+    env = worker_env(kafka_bootstrap, f"tx-{run}", tmp_path, **extra)
+    settings = Settings.load(env)
+    ensure_topics(settings)
+    items = movielens_items()
+    records = []
+    for etype, event in movielens_events(limit=240):
+        event["item"] = item_to_json(items[event["item_id"]])
+        records.append((etype, event))
+    sends = [(settings.topic_for(t), e["user_id"].encode(), json.dumps(e).encode()) for t, e in records]
+    send_in_transactions(kafka_bootstrap, f"tx-{run}", sends, per_transaction=8)
+    collector = Collector(settings)
+    collector.start()
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        wait_all_applied(collector, records, 300, log)
+    finally:
+        stop_worker(worker)
+        collector.stop_flag.set()
+        collector.join(10)
+    text = log.read_text(errors="replace")
+    assert "hold no record" in text  # the markers were met and stepped over, not guessed
+    assert "stalled" not in text
 
 
 def test_plain_faust_command_runs_the_same_app(kafka_bootstrap, tmp_path):
