@@ -350,21 +350,30 @@ async def ask_where_records_resume(gaps: dict[TP, tuple[int, int]]) -> set[TP]:
     none in the ledger. Returns the partitions whose records resume exactly at the revealing record
     (nothing is missing: go on). Without an answer a partition is sought back: the ledger then waits for
     exactly the missing offset, and the stuck-partition check asks again if it never comes."""
-    loop = asyncio.get_running_loop()
     resumed = set()
     for tp, (missing, revealing) in gaps.items():
-        try:
-            offsets = await loop.run_in_executor(None, offset_probe.offsets_from, tp, missing)
-        except Exception as exc:  # noqa: BLE001 - the broker may be briefly away; the seek still helps
-            log.warning("could not ask the broker where %s resumes after offset %d: %r", tp, missing, exc)
-            continue
-        absent = ledger.note_records_from(tp, missing, offsets)
-        if absent:
-            log.info("%s: %d offsets from %d on hold no record (transaction markers, say); stepped over",
-                     tp, absent, missing)  # fmt: skip
+        offsets = await learn_offsets_without_records(tp, missing)
         if offsets and offsets[0] >= revealing:
             resumed.add(tp)
     return resumed
+
+
+async def learn_offsets_without_records(tp: TP, start: int) -> list[int] | None:
+    """Ask the broker which offsets from ``start`` on hold records (``OffsetProbe``, one fetch, in a
+    thread); note those that hold none in the ledger. Returns the offsets of the records found (None: no
+    answer)."""
+    try:
+        offsets, position = await asyncio.get_running_loop().run_in_executor(
+            None, offset_probe.records_from, tp, start
+        )
+    except Exception as exc:  # noqa: BLE001 - the broker may be briefly away: no answer this time
+        log.warning("could not ask the broker which offsets of %s hold records from %d: %r", tp, start, exc)
+        return None
+    absent = ledger.note_records_from(tp, start, offsets, position)
+    if absent:
+        log.info("%s: %d offsets from %d on hold no record (transaction markers, say); stepped over",
+                 tp, absent, start)  # fmt: skip
+    return offsets
 
 
 async def seek(offsets: dict[TP, int]) -> None:
@@ -499,6 +508,7 @@ async def drain_before_handing_over(sender: object, revoked: object, **kwargs: o
 @app.agent(event_topic)
 async def interest_agent(stream: StreamT) -> None:
     install_checkpoint(app, ledger, settings.event_topics)  # first: before faust's fetcher starts
+    _stream[0] = stream
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, ensure_topics, settings)  # outputs must exist before we send
     core = await load_core()
@@ -522,11 +532,15 @@ async def interest_agent(stream: StreamT) -> None:
             raise
 
 
+_stream: list[StreamT | None] = [None]
+"""The agent's stream (its queue is in ``fetch_state``)."""
 _running: list[asyncio.Future | None] = [None]
 """The batch under way, if any (a long one, e.g. waiting for the encoder's weights, is not a stall)."""
 
 
 STALL_S = 30.0
+LOOK_AFTER_IDLE_S = 10.0
+"""Idle this long with records not done, the worker asks the broker whether they are records at all."""
 
 
 def _highwater(tp: TP) -> int | None:
@@ -564,27 +578,33 @@ async def note_assignment(sender: object, assigned: object, **kwargs: object) ->
 
 
 def fetch_state(tps: Sequence[TP]) -> str:
-    """Where the records of ``tps`` could be held up, for the log: faust's fetch sets (active, paused,
-    held for a full buffer), aiokafka's position and prefetched records, and the buffers before the
-    agent. Read from the consumer's thread's objects without locking: a snapshot for a human."""
+    """Where the records of ``tps`` could be held up, for the log: the agent's stream queue, faust's fetch
+    sets (active, paused, held for a full buffer), aiokafka's position and prefetched records, and the
+    ledger. Read from the consumer thread's objects without locking, each part on its own (a part that
+    cannot be read is left out): a snapshot for a human, never a reason for the check to fail."""
     consumer = app.consumer
-    parts = [f"stream queue {event_topic.queue.qsize()} (pressure callbacks pending "
-             f"{len(getattr(event_topic.queue, '_pending_pressure_drop_callbacks', ()))})",
-             f"flow_active={consumer.flow_active} flow_control={app.flow_control.is_active()}"]  # fmt: skip
+    parts = []
     with contextlib.suppress(Exception):
-        kafka = consumer._thread._consumer
-        assignment = kafka._subscription.subscription.assignment
-        for tp in tps:
-            ftp = faust.types.TP(*tp)
+        queue = _stream[0].channel.queue
+        parts.append(f"stream queue {queue.qsize()} (pressure-drop callbacks pending "
+                     f"{len(queue._pending_pressure_drop_callbacks)})")  # fmt: skip
+    with contextlib.suppress(Exception):
+        parts.append(f"flow_active={consumer.flow_active} flow_control={app.flow_control.is_active()}")
+    for tp in tps:
+        ftp = faust.types.TP(*tp)
+        part = f"{tp.topic}[{tp.partition}]: ledger {ledger.describe(tp)}"
+        with contextlib.suppress(Exception):
+            part += (f"; faust active={ftp in (consumer._active_partitions or ())} "
+                     f"paused={ftp in consumer._paused_partitions} "
+                     f"buffered={ftp in consumer._buffered_partitions}")  # fmt: skip
+        with contextlib.suppress(Exception):
+            kafka = consumer._thread._consumer
+            assignment = kafka._subscription.subscription.assignment
             state = assignment.state_value(ftp) if ftp in assignment.tps else None
-            prefetched = kafka._fetcher._records.get(ftp)
-            parts.append(
-                f"{tp.topic}[{tp.partition}]: faust active={ftp in (consumer._active_partitions or ())} "
-                f"paused={ftp in consumer._paused_partitions} buffered={ftp in consumer._buffered_partitions}"
-                f"; aiokafka assigned={state is not None} paused={getattr(state, 'paused', None)} "
-                f"position={getattr(state, '_position', None)} prefetched={prefetched!r}"
-                f"; ledger {ledger.describe(tp)}"
-            )
+            part += (f"; aiokafka assigned={state is not None} paused={getattr(state, 'paused', None)} "
+                     f"position={getattr(state, '_position', None)} "
+                     f"prefetched={kafka._fetcher._records.get(ftp)!r}")  # fmt: skip
+        parts.append(part)
     return "; ".join(parts)
 
 
@@ -606,28 +626,34 @@ async def wake_stuck_partitions() -> None:
         return
     if _running[0] is not None and not _running[0].done():
         return
-    if min(now - _assigned_at, now - ledger.progressed_at) < STALL_S:
+    idle_s = min(now - _assigned_at, now - ledger.progressed_at)
+    if idle_s < LOOK_AFTER_IDLE_S:
         return
-    owned = [tp for tp in app.assignor.assigned_actives() if tp.topic in settings.event_topics]
+    owned = [TP(*tp) for tp in app.assignor.assigned_actives() if tp.topic in settings.event_topics]
     if not owned:
         return
     try:
-        ends = await app.consumer.highwaters(*owned)
+        ends = {TP(*tp): end for tp, end in (await app.consumer.highwaters(*owned)).items()}
         earliest = await app.consumer.earliest_offsets(*owned)
     except Exception:  # noqa: BLE001 - the broker may be briefly away: look again next time
         return
     committed = app.consumer._committed_offset
-    start = {TP(*tp): max(committed.get(tp) or 0, earliest.get(tp, 0)) for tp in owned}
-    found = ledger.waiting([TP(*tp) for tp in owned], app.consumer_generation_id, app.rebalancing_count,
-                           start, {TP(*tp): end for tp, end in ends.items()})  # fmt: skip
-    if not found:
-        return
-    current = ledger.is_current(app.consumer_generation_id, app.rebalancing_count)
+    start = {tp: max(committed.get(tp) or 0, earliest.get(tp, 0)) for tp in owned}
+    generation, rebalances = app.consumer_generation_id, app.rebalancing_count
+    found = ledger.waiting(owned, generation, rebalances, start, ends)
+    # What is left may be offsets without records (a transactional producer leaves a marker after its
+    # last commit): ask before calling a partition stuck, so that it is not counted as lag either.
+    for tp, (begin, _) in found.items():
+        await learn_offsets_without_records(tp, begin)
+    found = ledger.waiting(owned, generation, rebalances, start, ends)
+    current = ledger.is_current(generation, rebalances)
     seen = set(ledger.partitions()) if current else set()
-    silent_records.update({tp: n for tp, n in found.items() if tp not in seen})
+    silent_records.update({tp: n for tp, (_, n) in found.items() if tp not in seen})
+    if not found or idle_s < STALL_S:
+        return
     log.warning("%s hold %d records not done and nothing was done for %.0f s; reading them again (%s)",
-                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in found), sum(found.values()),
-                now - max(_assigned_at, ledger.progressed_at), fetch_state(list(found)))  # fmt: skip
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in found), sum(n for _, n in found.values()),
+                idle_s, fetch_state(list(found)))  # fmt: skip
     woken[0] += 1
     app.consumer.resume_partitions({faust.types.TP(*tp) for tp in found})
     for tp in found:

@@ -164,24 +164,26 @@ class OffsetLedger:
         ranges.append((start, end))
         del ranges[:-ABSENT_RANGES_KEPT]
 
-    def note_records_from(self, tp: TP, start: int, offsets: Sequence[int]) -> int:
-        """One fetch from ``start`` brought records at ``offsets`` (ascending): every offset from
-        ``start`` to the last of them that is not among them holds no record. Returns how many."""
+    def note_records_from(
+        self, tp: TP, start: int, offsets: Sequence[int], position: int | None = None
+    ) -> int:
+        """A fetch from ``start`` brought records at ``offsets`` (ascending) and left the reader at
+        ``position``: every offset from ``start`` to the last record that is not among them holds no
+        record, and so does every offset from after the last record (or ``start``) to ``position`` (a
+        reader moves past offsets without records, such as transaction markers, only once it has read
+        them). Returns how many such offsets."""
         absent = [(low + 1, high) for low, high in zip([start - 1, *offsets], offsets, strict=False)
                   if high > low + 1]  # fmt: skip
+        after = offsets[-1] + 1 if offsets else start
+        if position is not None and position > after:
+            absent.append((after, position))
         for low, high in absent:
             self.note_absent(tp, low, high)
         return sum(high - low for low, high in absent)
 
     def _absent_between(self, tp: TP, start: int, end: int) -> bool:
         """Whether every offset in [start, end) is known to hold no record."""
-        position = start
-        for low, high in sorted(self._absent.get(tp, ())):
-            if low <= position < high:
-                position = high
-            if position >= end:
-                return True
-        return position >= end
+        return self._records_between(tp, start, end) == 0
 
     def read_offset(self, tp: TP) -> int:
         return self._read[tp]
@@ -220,8 +222,13 @@ class OffsetLedger:
             self._committed[TP(tp.topic, tp.partition)] = offset
 
     def lag(self, highwaters: Mapping[TP, int | None]) -> int:
-        """Records not yet done, summed over the partitions with a known high-water mark."""
-        return sum(max(hw - self._done.get(tp, hw), 0) for tp, hw in highwaters.items() if hw is not None)
+        """Records not yet done, summed over the partitions with a known high-water mark (offsets known to
+        hold no record, like the marker a transaction leaves at the end of a partition, do not count)."""
+        return sum(
+            self._records_between(tp, self._done[tp], hw)
+            for tp, hw in highwaters.items()
+            if hw is not None and tp in self._done
+        )
 
     def partitions(self) -> list[TP]:
         return list(self._done)
@@ -233,8 +240,9 @@ class OffsetLedger:
         rebalances: int,
         start: Mapping[TP, int],
         ends: Mapping[TP, int],
-    ) -> dict[TP, int]:
-        """Owned partitions holding records this worker has not done: partition -> records waiting.
+    ) -> dict[TP, tuple[int, int]]:
+        """Owned partitions holding records this worker has not done: partition -> (the first offset not
+        done, how many records from there to the high-water mark may hold records).
 
         A partition that has delivered something in this assignment counts from what is done; one that
         has not, from ``start`` (where reading starts: the committed offset or the earliest record). The
@@ -246,9 +254,23 @@ class OffsetLedger:
             if tp not in ends:
                 continue
             begin = self._done[tp] if current and tp in self._done else start.get(tp, 0)
-            if ends[tp] > begin:
-                waiting[tp] = ends[tp] - begin
+            count = self._records_between(tp, begin, ends[tp])
+            if count > 0:
+                waiting[tp] = (begin, count)
         return waiting
+
+    def _records_between(self, tp: TP, start: int, end: int) -> int:
+        """How many offsets in [start, end) are not known to hold no record."""
+        if end <= start:
+            return 0
+        known = 0
+        position = start
+        for low, high in sorted(self._absent.get(tp, ())):
+            low, high = max(low, position), min(high, end)
+            if high > low:
+                known += high - low
+                position = high
+        return end - start - known
 
     def describe(self, tp: TP) -> str:
         rewind = self._rewind.get(tp)
@@ -278,11 +300,13 @@ class OffsetProbe:
         self._consumer: Any = None
         self._lock = threading.Lock()
 
-    def offsets_from(self, tp: TP, offset: int, max_records: int = 1000) -> list[int]:
+    def records_from(self, tp: TP, offset: int, max_records: int = 1000) -> tuple[list[int], int | None]:
         """The offsets of the records at and after ``offset`` that one fetch brings (up to
-        ``max_records``; empty: none came within the time). Offsets missing between two of them, or before
-        the first, hold no record: a read_uncommitted fetch returns every record, and skips only
-        transaction markers (and what compaction or retention removed)."""
+        ``max_records``), and where the reader then stands. Offsets missing between ``offset`` and the
+        last record, or between the last record (or ``offset``) and that position, hold no record: a
+        read_uncommitted fetch returns every record, and a reader moves past an offset without one (a
+        transaction marker, what compaction or retention removed) only once it has read it. No records
+        and no move within the time: ``([], None)``."""
         from kafka import KafkaConsumer, TopicPartition
 
         with self._lock:
@@ -290,16 +314,21 @@ class OffsetProbe:
                 self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                                enable_auto_commit=False, auto_offset_reset="earliest",
                                                client_id="interest-stream-offset-probe")  # fmt: skip
+            consumer = self._consumer
             partition = TopicPartition(tp.topic, tp.partition)
-            if self._consumer.assignment() != {partition}:
-                self._consumer.assign([partition])
-            self._consumer.seek(partition, offset)
+            if consumer.assignment() != {partition}:
+                consumer.assign([partition])
+            consumer.seek(partition, offset)
+            end = consumer.end_offsets([partition])[partition]
             deadline = time.monotonic() + self.timeout_s
             while time.monotonic() < deadline:
-                records = self._consumer.poll(timeout_ms=200, max_records=max_records).get(partition)
+                records = consumer.poll(timeout_ms=200, max_records=max_records).get(partition)
                 if records:
-                    return [record.offset for record in records]
-            return []
+                    return [record.offset for record in records], consumer.position(partition)
+                position = consumer.position(partition)
+                if position >= end:  # read to the end: nothing but markers from ``offset`` on
+                    return [], position
+            return [], None
 
     def close(self) -> None:
         with self._lock:

@@ -146,10 +146,15 @@ def test_owned_partitions_with_records_not_done_are_waiting_whether_or_not_they_
     ledger.done({a: 2, d: 0}, ledger.generation)
     start, ends = {a: 0, b: 5, c: 7, d: 0}, {a: 10, b: 9, c: 7, d: 1}
     # a delivered and did 3 of its 10; b never delivered its 4; c has none; d did all it has
-    assert ledger.waiting([a, b, c, d], 1, 0, start, ends) == {a: 7, b: 4}
+    assert ledger.waiting([a, b, c, d], 1, 0, start, ends) == {a: (3, 7), b: (5, 4)}
     # after a rebalance nothing is done in the new assignment: counted from where reading starts
-    assert ledger.waiting([a, b, c, d], 2, 0, start, ends) == {a: 10, b: 4, d: 1}
-    assert ledger.waiting([a, b], 1, 0, start, {a: 10}) == {a: 7}  # no high-water mark known: not judged
+    assert ledger.waiting([a, b, c, d], 2, 0, start, ends) == {a: (0, 10), b: (5, 4), d: (0, 1)}
+    assert ledger.waiting([a, b], 1, 0, start, {a: 10}) == {a: (3, 7)}  # no high-water mark: not judged
+    # a's last offset is a transaction's marker: a fetch from 3 brought 3..8 and moved past 9
+    ledger.note_records_from(a, 3, [3, 4, 5, 6, 7, 8], position=10)
+    assert ledger.waiting([a], 1, 0, start, ends) == {a: (3, 6)}
+    ledger.done({a: 8}, ledger.generation)
+    assert ledger.waiting([a], 1, 0, start, ends) == {} and ledger.lag({a: 10}) == 0
 
 
 def test_a_partition_read_again_after_a_re_fetch_that_never_came_resumes_from_the_committed_offset():
@@ -223,3 +228,9 @@ def test_one_fetch_tells_every_offset_without_a_record_up_to_its_last_record():
     assert [ledger.admit(A, o) for o in (12, 13, 15, 16)] == [Verdict.PROCESS] * 4
     assert ledger.admit(A, 18) is Verdict.SEEK  # past the fetch: unknown
     assert ledger.note_records_from(B, 0, []) == 0
+    for o in range(4):
+        ledger.admit(B, o)
+    ledger.done({B: 3}, ledger.generation)
+    assert ledger.lag({B: 6}) == 2  # 4 and 5: records not done yet, as far as anyone knows
+    assert ledger.note_records_from(B, 4, [], position=6) == 2  # a reader moved past them: markers
+    assert ledger.lag({B: 6}) == 0
