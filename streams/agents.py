@@ -371,7 +371,7 @@ async def learn_offsets_without_records(tp: TP, start: int) -> list[int] | None:
         return None
     absent = ledger.note_records_from(tp, start, offsets, position)
     if absent:
-        log.info("%s: %d offsets from %d on hold no record (transaction markers, say); stepped over",
+        log.info("%s: %d offsets from %d on hold no record (transaction markers, say): not a gap, not lag",
                  tp, absent, start)  # fmt: skip
     return offsets
 

@@ -158,8 +158,8 @@ class OffsetLedger:
         """The broker says offsets ``start`` .. ``end - 1`` of ``tp`` hold no record (transaction
         markers, compacted or deleted records): a jump over them is not a gap. Kept across assignments
         (it is a fact about the log), the newest ``ABSENT_RANGES_KEPT`` ranges per partition."""
-        if end <= start:
-            return
+        if end <= start or self._records_between(tp, start, end) == 0:
+            return  # nothing new
         ranges = self._absent.setdefault(tp, [])
         ranges.append((start, end))
         del ranges[:-ABSENT_RANGES_KEPT]
@@ -171,15 +171,16 @@ class OffsetLedger:
         ``position``: every offset from ``start`` to the last record that is not among them holds no
         record, and so does every offset from after the last record (or ``start``) to ``position`` (a
         reader moves past offsets without records, such as transaction markers, only once it has read
-        them). Returns how many such offsets."""
+        them). Returns how many such offsets were not known before."""
         absent = [(low + 1, high) for low, high in zip([start - 1, *offsets], offsets, strict=False)
                   if high > low + 1]  # fmt: skip
         after = offsets[-1] + 1 if offsets else start
         if position is not None and position > after:
             absent.append((after, position))
+        new = sum(self._records_between(tp, low, high) for low, high in absent)
         for low, high in absent:
             self.note_absent(tp, low, high)
-        return sum(high - low for low, high in absent)
+        return new
 
     def _absent_between(self, tp: TP, start: int, end: int) -> bool:
         """Whether every offset in [start, end) is known to hold no record."""

@@ -224,6 +224,7 @@ def test_a_batch_goes_on_over_markers_once_the_broker_says_they_hold_no_record()
 def test_one_fetch_tells_every_offset_without_a_record_up_to_its_last_record():
     ledger = OffsetLedger()
     assert ledger.note_records_from(A, 10, [12, 13, 15, 16]) == 3  # 10, 11 and 14
+    assert ledger.note_records_from(A, 10, [12, 13, 15, 16]) == 0  # known already
     ledger.admit(A, 9)
     assert [ledger.admit(A, o) for o in (12, 13, 15, 16)] == [Verdict.PROCESS] * 4
     assert ledger.admit(A, 18) is Verdict.SEEK  # past the fetch: unknown
