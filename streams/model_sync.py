@@ -44,16 +44,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from models.config import InterestConfig
 from models.events import Event, InvalidEvent, Item, event_order, resolve_item
 from models.interest import UserState
 from models.ranker import NextItemRanker, RecentItems
-from models.sequence import SequenceModel, Step
 from streams.topics import decode_event
+
+if TYPE_CHECKING:  # torch (via models.sequence) is imported where a model is first built or loaded: a
+    # worker's start does not wait ~2 s for it (its encoder imports it in a thread of its own meanwhile)
+    from models.sequence import SequenceModel, Step
 
 log = logging.getLogger("interest_stream.model_sync")
 
@@ -165,6 +168,8 @@ class ServedModel:
     def _load(self, raw: bytes) -> tuple[SequenceModel, NextItemRanker | None] | None:
         try:
             sequence, ranker = unbundle(raw)
+            from models.sequence import SequenceModel
+
             model = SequenceModel.from_bytes(sequence)
             ranked = None if ranker is None else NextItemRanker.from_bytes(ranker, self.config)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
@@ -254,6 +259,8 @@ class ServedModel:
         dim = model.net.text_proj.in_features
         windows = [[(i, t if t is not None and t.shape == (dim,) else None, k, ts) for i, t, k, ts in
                     self.window(states[u])] for u in users]  # fmt: skip
+        import torch
+
         with torch.inference_mode():
             vectors = model.user_vectors_of(windows)
         return dict(zip(users, vectors, strict=True))
@@ -286,6 +293,8 @@ class Trainer:
 
     def __init__(self, settings, core, catalog, checkpoint_dir: Path) -> None:  # noqa: ANN001
         self.settings, self.core, self.catalog = settings, core, catalog
+        from models.sequence import SequenceModel
+
         self.checkpoint = checkpoint_dir / "trainer-checkpoint.pt"
         self.model = SequenceModel(core.dim)
         self.ranker = NextItemRanker(core.config, core.dim)
@@ -297,6 +306,10 @@ class Trainer:
             self._restore()
 
     def _restore(self) -> None:
+        import torch
+
+        from models.sequence import SequenceModel
+
         saved = torch.load(self.checkpoint, weights_only=False)  # our own file, written by _save
         self.model = SequenceModel.from_bytes(saved["weights"])
         self.model.opt.load_state_dict(saved["optimizer"])
@@ -316,6 +329,8 @@ class Trainer:
                  self.model.learned_events)  # fmt: skip
 
     def _save(self) -> None:
+        import torch
+
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save({"weights": self.model.to_bytes(), "optimizer": self.model.opt.state_dict(),
                     "histories": self.model.dump_histories(), "snapshot_id": self.snapshot_id,
