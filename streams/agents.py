@@ -64,6 +64,7 @@ class Counters:
     updates: int = 0
     batches: int = 0
     failed_batches: int = 0
+    partitions_read_again: int = 0  # stuck partitions sought back (``wake_stuck_partitions``)
     failing_in_a_row: int = 0
     first_update_s: float | None = None
     prequential: PrequentialStats = field(default_factory=PrequentialStats)
@@ -567,8 +568,6 @@ def owned_partitions() -> list[int]:
 _assigned_at = time.monotonic()
 silent_records: dict[TP, int] = {}
 """Owned input partitions that hold records but have delivered none (``wake_stuck_partitions``)."""
-woken: list[int] = [0]
-"""How many times a stuck partition was sought back (``wake_stuck_partitions``)."""
 
 
 @app.on_partitions_assigned.connect
@@ -654,7 +653,7 @@ async def wake_stuck_partitions() -> None:
     log.warning("%s hold %d records not done and nothing was done for %.0f s; reading them again (%s)",
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in found), sum(n for _, n in found.values()),
                 idle_s, fetch_state(list(found)))  # fmt: skip
-    woken[0] += 1
+    counters.partitions_read_again += len(found)
     app.consumer.resume_partitions({faust.types.TP(*tp) for tp in found})
     for tp in found:
         ledger.reread(tp)
@@ -679,6 +678,7 @@ def health() -> dict:
         "applied": counters.applied,
         "dead_lettered": counters.dead_lettered,
         "failed_batches": counters.failed_batches,
+        "partitions_read_again": counters.partitions_read_again,
     }
 
 

@@ -384,6 +384,7 @@ def test_a_transactional_producers_events_are_all_applied(kafka_bootstrap, encod
     text = log.read_text(errors="replace")
     assert "hold no record" in text  # the markers were met and stepped over, not guessed
     assert "stalled" not in text and "reading them again" not in text
+    assert state["partitions_read_again"] == 0
 
 
 def worker_ready(port: int) -> dict:
