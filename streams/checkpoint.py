@@ -154,15 +154,17 @@ class OffsetLedger:
                 gaps[tp] = index
         return process, gaps
 
-    def note_absent(self, tp: TP, start: int, end: int) -> None:
+    def note_absent(self, tp: TP, start: int, end: int) -> int:
         """The broker says offsets ``start`` .. ``end - 1`` of ``tp`` hold no record (transaction
         markers, compacted or deleted records): a jump over them is not a gap. Kept across assignments
-        (it is a fact about the log), the newest ``ABSENT_RANGES_KEPT`` ranges per partition."""
-        if end <= start or self._records_between(tp, start, end) == 0:
-            return  # nothing new
-        ranges = self._absent.setdefault(tp, [])
-        ranges.append((start, end))
-        del ranges[:-ABSENT_RANGES_KEPT]
+        (it is a fact about the log), the newest ``ABSENT_RANGES_KEPT`` ranges per partition. Returns how
+        many of those offsets were not known before."""
+        new = self._records_between(tp, start, end)
+        if new:
+            ranges = self._absent.setdefault(tp, [])
+            ranges.append((start, end))
+            del ranges[:-ABSENT_RANGES_KEPT]
+        return new
 
     def note_records_from(
         self, tp: TP, start: int, offsets: Sequence[int], position: int | None = None
@@ -177,10 +179,7 @@ class OffsetLedger:
         after = offsets[-1] + 1 if offsets else start
         if position is not None and position > after:
             absent.append((after, position))
-        new = sum(self._records_between(tp, low, high) for low, high in absent)
-        for low, high in absent:
-            self.note_absent(tp, low, high)
-        return new
+        return sum(self.note_absent(tp, low, high) for low, high in absent)
 
     def _absent_between(self, tp: TP, start: int, end: int) -> bool:
         """Whether every offset in [start, end) is known to hold no record."""

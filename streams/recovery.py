@@ -28,6 +28,11 @@ OFFSET_KEY = b"__faust\0offset__"  # faust.stores.rocksdb.Store.offset_key
 TABLES = ("user-state", "heads")
 
 
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The name faust gives ``table``'s changelog topic."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
 def local_changelog_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     """(changelog topic, partition) -> offset of the last changelog record the local store holds."""
     out = {}
@@ -41,7 +46,7 @@ def local_changelog_offsets(settings: Settings) -> dict[tuple[str, int], int]:
             finally:
                 store.close()
             if raw is not None:
-                out[(f"{settings.app_id}-{table}-changelog", partition)] = int(raw)
+                out[(changelog_topic(settings, table), partition)] = int(raw)
     return out
 
 

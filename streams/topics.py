@@ -63,9 +63,9 @@ def changelog_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]
     not yet spread to its metadata was left out of the consumer's (faust: "Ignoring missing topic"), and
     every write to its table then failed with PartitionsMismatch ("the changelog has 0 partitions")
     until a metadata refresh minutes later; the worker gave up first. Seen once, on a loaded machine."""
-    from streams.recovery import TABLES
+    from streams.recovery import TABLES, changelog_topic
 
-    return {f"{settings.app_id}-{table}-changelog": (settings.partitions, {"cleanup.policy": "compact"})
+    return {changelog_topic(settings, table): (settings.partitions, {"cleanup.policy": "compact"})
             for table in TABLES}  # fmt: skip
 
 
