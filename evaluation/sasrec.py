@@ -52,6 +52,10 @@ class SASRecConfig:
     time_budget_s: float = 600  # stop training after this wall time (report that it was capped)
     smooth_epochs: int = 5  # the epoch count for a refit: the best centred mean of this many epochs' scores
     seed: int = 0
+    # "cuda" trains and scores on a GPU (``benchmarks/sasrec_yardstick.py``: the same recipe with no time
+    # budget, to see where the budget-capped CPU run would have ended); results differ from the CPU's in
+    # the last bits, and determinism there needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts.
+    device: str = "cpu"
 
 
 @dataclass
@@ -130,6 +134,7 @@ class SASRec:
 
     def __init__(self, net: _Net, n_items: int, max_len: int) -> None:
         self._net = net
+        self.device = next(net.parameters()).device
         self.n_items = n_items
         self.max_len = max_len
 
@@ -150,8 +155,8 @@ class SASRec:
                     chunk = histories[lo : lo + _SCORE_BATCH]
                     rows = [np.asarray(h[-self.max_len :], dtype=np.int64) + 1 for h in chunk]
                     seq = torch.from_numpy(_left_pad(rows, max(1, max(len(r) for r in rows))))
-                    h = self._net(seq)[:, -1]
-                    out[lo : lo + len(chunk)] = self._net.item_logits(h).numpy()
+                    h = self._net(seq.to(self.device))[:, -1]
+                    out[lo : lo + len(chunk)] = self._net.item_logits(h).cpu().numpy()
         finally:
             self._net.train(was_training)
         return out
@@ -210,14 +215,14 @@ def _windows(
 
 
 def _batches(
-    windows: list[tuple[np.ndarray, np.ndarray]], batch_size: int, rng: np.random.Generator
+    windows: list[tuple[np.ndarray, np.ndarray]], batch_size: int, rng: np.random.Generator, device: str
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     order = rng.permutation(len(windows))
     for lo in range(0, len(order), batch_size):
         picked = [windows[i] for i in order[lo : lo + batch_size]]
         inp = _left_pad([w[0] for w in picked])
         tgt = _left_pad([w[1] for w in picked])
-        yield torch.from_numpy(inp), torch.from_numpy(tgt)
+        yield torch.from_numpy(inp).to(device), torch.from_numpy(tgt).to(device)
 
 
 def _val_recall10(model: SASRec, histories: Sequence[Sequence[int]], targets: Sequence[int]) -> float:
@@ -262,7 +267,8 @@ def fit_sasrec(
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
+    # On a GPU a few kernels have no deterministic variant: warn there rather than stop the run.
+    torch.use_deterministic_algorithms(True, warn_only=config.device != "cpu")
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -303,7 +309,7 @@ def _train(
     """Epochs until patience, the time budget or ``max_epochs``; with no validation targets, exactly
     ``max_epochs`` and the last epoch's weights."""
     rng = np.random.default_rng(cfg.seed)
-    net = _Net(n_items, cfg)
+    net = _Net(n_items, cfg).to(cfg.device)
     model = SASRec(net, n_items, cfg.max_len)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
 
@@ -317,7 +323,7 @@ def _train(
         t0 = time.perf_counter()
         net.train()
         loss_sum, n_targets, out_of_time = 0.0, 0, False
-        for inp, tgt in _batches(_windows(seqs, cfg.max_len, rng), cfg.batch_size, rng):
+        for inp, tgt in _batches(_windows(seqs, cfg.max_len, rng), cfg.batch_size, rng, cfg.device):
             keep = tgt != _PAD
             # Score only positions that carry a target: the (positions x n_items) logit matrix dominates
             # memory and time, and padded / context-only positions would be thrown away anyway.

@@ -204,9 +204,10 @@ class SASRecScorer:
         seed: int,
         log: Callable[[str], None],
         info: dict[str, Any],
+        device: str = "cpu",
     ) -> None:
         self.hist = hist
-        self.budget_s, self.max_epochs, self.seed = budget_s, max_epochs, seed
+        self.budget_s, self.max_epochs, self.seed, self.device = budget_s, max_epochs, seed, device
         self.log, self.info = log, info
         self.model: Any = None
 
@@ -216,7 +217,11 @@ class SASRecScorer:
         users = list(hist.of)
         # patience 10: the loss is still falling when 5 epochs without a better validation score stop it
         config = SASRecConfig(
-            time_budget_s=self.budget_s, max_epochs=self.max_epochs, patience=10, seed=self.seed
+            time_budget_s=self.budget_s,
+            max_epochs=self.max_epochs,
+            patience=10,
+            seed=self.seed,
+            device=self.device,
         )
         val_users = [e.user_id for e, _ in val]
         val_items = [hist.item_index[e.item_id] for e, _ in val]
