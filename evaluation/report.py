@@ -47,7 +47,10 @@ def _beats(ours: list[float], theirs: list[float], higher_is_better: bool = True
 def _chosen_scorer(loo: dict[str, Any]) -> list[str]:
     """The recommendation scorer validation picks among the counting ranker (``default``), the online
     sequential model and their mixes, judged on test against SASRec and the counting ranker."""
-    candidates = [m for m in loo if m in ("default", "sequence") or m.startswith("mix ")]
+    # "mix w, synced every N events" rows measure the served mix with stale weights: not candidates
+    candidates = [
+        m for m in loo if m in ("default", "sequence") or (m.startswith("mix ") and "synced" not in m)
+    ]
     if len(candidates) < 2:
         return []
     chosen = max(candidates, key=lambda m: (loo[m]["val_recall@10"], m == "default"))

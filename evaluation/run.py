@@ -186,9 +186,12 @@ def _loo(
             sequence = OnlineSequence("sequence", log.items, item_emb)
             scorers.append(sequence)
             scorers += [Mix(f"mix {w}", sequence, scorers[0], w) for w in MIX_WEIGHTS]
+            share = core.config.sequence_mix  # what a worker serves: this mix, with snapshot weights
             for every in opts.sequence_sync_events:
                 name = f"sequence: synced every {every:,} events"
-                scorers.append(OnlineSequence(name, log.items, item_emb, None, every))
+                synced = OnlineSequence(name, log.items, item_emb, None, every)
+                scorers.append(synced)
+                scorers.append(Mix(f"mix {share}, synced every {every:,} events", synced, scorers[0], share))
             if opts.ablations:
                 for n, ch in SEQUENCE_VARIANTS.items():
                     config = replace(SequenceConfig(), **ch)

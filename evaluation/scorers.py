@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from models.core import InterestCore
 from models.events import Event, Item
 from models.interest import UserState
-from models.ranker import NextItemRanker
+from models.ranker import NextItemRanker, mix
 
 Batch = Sequence[tuple[Event, Item]]
 
@@ -279,26 +279,15 @@ class OnlineSequence:
 
 class Mix:
     """A weighted sum of two scorers' standardised scores (each z-scored over the catalogue per user, so
-    their scales do not matter). The parts learn on their own (they are scorers in the same run)."""
+    their scales do not matter): ``models.ranker.mix``, the formula a worker serves with ``a`` the
+    sequential model and ``b`` the ranker. The parts learn on their own (they are scorers in the same
+    run)."""
 
     def __init__(self, name: str, a: Scorer, b: Scorer, weight_a: float) -> None:
         self.name, self.a, self.b, self.weight_a = name, a, b, weight_a
 
     def learn(self, batch: Batch) -> None:
         pass
-
-    @staticmethod
-    def _z(s: np.ndarray) -> np.ndarray:
-        """z-scores over the items the scorer ranked; an item it did not consider (-inf: outside a
-        bounded ranker's candidates) ties with its lowest, so the other part can still rank it."""
-        ranked = np.isfinite(s)
-        if not ranked.any():
-            return np.zeros(len(s))
-        values = s[ranked]
-        z = np.full(len(s), 0.0)
-        z[ranked] = (values - values.mean()) / (values.std() + 1e-12)
-        z[~ranked] = z[ranked].min()
-        return z
 
     @staticmethod
     def _scores(s: Scorer, user: str) -> np.ndarray:
@@ -308,8 +297,9 @@ class Mix:
     def scores(self, user: str) -> np.ndarray:
         """The mixed scores, made into a list as the product's ranker makes its own (its fresh places), so
         a mix and the default are judged on the same kind of list."""
-        a, b = self._z(self._scores(self.a, user)), self._z(self._scores(self.b, user))
-        mixed = self.weight_a * a + (1 - self.weight_a) * b
+        b = self._scores(self.b, user)
+        ranked = np.flatnonzero(np.isfinite(b))
+        mixed = mix(ranked, b[ranked], self._scores(self.a, user), self.weight_a)[1]
         for part in (self.a, self.b):
             if isinstance(part, CoreModel) and part.ranker is not None:
                 return part.place_fresh(user, mixed)

@@ -38,6 +38,45 @@ from models.config import InterestConfig
 _SNAPSHOT_MAGIC = b"IRNK1"
 
 
+def standardised(s: np.ndarray) -> np.ndarray:
+    """z-scores over the items a scorer ranked; an item it did not consider (-inf: outside a bounded
+    ranker's candidates) ties with its lowest, so the other part of a mix can still rank it."""
+    s = np.asarray(s, dtype=np.float64)
+    ranked = np.isfinite(s)
+    if not ranked.any():
+        return np.zeros(len(s))
+    values = s[ranked]
+    z = np.zeros(len(s))
+    z[ranked] = (values - values.mean()) / (values.std() + 1e-12)
+    z[~ranked] = z[ranked].min()
+    return z
+
+
+def mix(
+    items: np.ndarray, s: np.ndarray, sequence: np.ndarray, share: float, outside: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mixed list's scores: ``share * z(sequence) + (1 - share) * z(ranker)``, where the ranker scored
+    ``items`` with ``s`` (every other item: -inf, its lowest z) and ``sequence`` scores every item.
+
+    Returns (every item, its score), or with ``outside`` = N the candidates and only the N best other
+    items by ``sequence``: those cover any top N of the mix that leaves some candidates out."""
+    n = len(sequence)
+    z_seq = standardised(sequence)
+    z_ranker = standardised(s)
+    floor = float(z_ranker.min()) if len(z_ranker) else 0.0
+    if outside is None:
+        full = share * z_seq + (1 - share) * floor
+        full[items] = share * z_seq[items] + (1 - share) * z_ranker
+        return np.arange(n), full
+    others = np.ones(n, bool)
+    others[items] = False
+    rest = np.flatnonzero(others)
+    if len(rest) > outside:
+        rest = rest[np.argpartition(-z_seq[rest], outside - 1)[:outside]] if outside else rest[:0]
+    mixed = share * z_seq[items] + (1 - share) * z_ranker
+    return np.concatenate([items, rest]), np.concatenate([mixed, share * z_seq[rest] + (1 - share) * floor])
+
+
 class NextItemRanker:
     def __init__(self, config: InterestConfig, dim: int) -> None:
         self.config = config
@@ -138,6 +177,10 @@ class NextItemRanker:
     def text_scores(self, interest: np.ndarray) -> np.ndarray:
         return self._emb[: self.n_items] @ interest.astype(np.float32)
 
+    def text_vectors(self) -> np.ndarray:
+        """(n_items, dim) the items' text embeddings, in ``ids`` order."""
+        return self._emb[: self.n_items]
+
     def popularity_scores(self) -> np.ndarray:
         pop = np.log1p(self._pop[: self.n_items])
         top = pop.max() if len(pop) else 0.0
@@ -181,10 +224,28 @@ class NextItemRanker:
         return items, self._score(items, full, seq_top, interest)
 
     def ranked(
-        self, history: Sequence[str], interest: np.ndarray | None, exclude: Iterable[str] = ()
+        self,
+        history: Sequence[str],
+        interest: np.ndarray | None,
+        exclude: Iterable[str] = (),
+        sequence: np.ndarray | None = None,
+        keep: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(item indices, scores) as the list is served: the candidates, then ``place_fresh``."""
+        """(item indices, scores) as the list is served: the candidates, mixed with the sequential model's
+        scores ``sequence`` (every item, ``self.ids`` order) when given and ``sequence_mix`` > 0, then
+        ``place_fresh``. ``keep``: only the list's first ``keep`` places are needed (a top k), so of the
+        items outside the candidates only the best by ``sequence`` are scored; the top ``keep`` is the
+        same as over every item."""
+        exclude = list(exclude)
         items, s = self.candidates(history, interest)
+        share = self.config.sequence_mix
+        if sequence is not None and share > 0:
+            if len(sequence) != self.n_items:
+                raise ValueError(f"sequence scores for {len(sequence)} items, the ranker has {self.n_items}")
+            # Items outside the candidates share one ranker term, so they rank among themselves by the
+            # model's score: enough of its best cover any top ``keep`` after exclusions and fresh places.
+            outside = None if keep is None else keep + len(exclude) + self.config.fresh_within
+            items, s = mix(items, s, sequence, share, outside)
         return self.place_fresh(items, s, history, exclude)
 
     def place_fresh(
@@ -233,20 +294,30 @@ class NextItemRanker:
         return near[np.lexsort((near, -sims))[:n]]
 
     def scores(
-        self, history: Sequence[str], interest: np.ndarray | None, exclude: Iterable[str] = ()
+        self,
+        history: Sequence[str],
+        interest: np.ndarray | None,
+        exclude: Iterable[str] = (),
+        sequence: np.ndarray | None = None,
     ) -> np.ndarray:
         """Scores of every known item, in ``self.ids`` order, as ``ranked`` gives them (higher = earlier in
         the list); items a bounded ranker does not consider, and ``exclude``, score -inf."""
-        items, values = self.ranked(history, interest, exclude)
+        items, values = self.ranked(history, interest, exclude, sequence)
         out = np.full(self.n_items, -np.inf)
         out[items] = values
         return out
 
     def recommend(
-        self, history: Sequence[str], interest: np.ndarray | None, k: int, exclude: Iterable[str] = ()
+        self,
+        history: Sequence[str],
+        interest: np.ndarray | None,
+        k: int,
+        exclude: Iterable[str] = (),
+        sequence: np.ndarray | None = None,
     ) -> list[tuple[str, float]]:
-        """The top ``k`` items (id, score), leaving out ``exclude`` (e.g. what the user already has)."""
-        items, s = self.ranked(history, interest, exclude)
+        """The top ``k`` items (id, score), leaving out ``exclude`` (e.g. what the user already has);
+        mixed with the sequential model's scores ``sequence`` when given (see ``ranked``)."""
+        items, s = self.ranked(history, interest, exclude, sequence, keep=k)
         k = min(k, int(np.isfinite(s).sum()))
         top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, np.int64)
         top = top[np.lexsort((items[top], -s[top]))]  # by score, ties by item index

@@ -302,20 +302,28 @@ async def add_model_outputs(core: InterestCore, updates: list[InterestUpdate], s
     if model is None or not updates:
         return
     touched = {u.user_id: states[u.user_id] for u in updates}
+    vectors = await sequence_vectors(core, touched)
+    learned = served_model.model.learned_events  # the snapshot in force now (one may have loaded meanwhile)
+    k = settings.recommendations_k
     for update in updates:
-        update.recommendations = served_model.recommend(touched[update.user_id], settings.recommendations_k)
-    missing = served_model.missing(touched)
-    if missing:  # window items from before this worker started: their text, through the embedding cache
+        vector = vectors[update.user_id]
+        update.recommendations = served_model.recommend(touched[update.user_id], k, vector)
+        update.sequence = (vector, served_model.version, learned)
+
+
+async def sequence_vectors(core: InterestCore, states: dict[str, UserState]) -> dict[str, np.ndarray]:
+    """User -> the loaded snapshot's sequential-model vector of the user's window (a snapshot must be
+    loaded). Window items from before this worker started get their text through the embedding cache
+    first, so every worker computes the same vector for a user."""
+    missing = served_model.missing(states)
+    if missing:
         items = {i: catalog.get(i) for i in missing}
         found = {i: item for i, item in items.items() if item is not None}
         embeddings = await embed_all(core, list(found.values()))
         for item_id, item in found.items():
             if item.encoder_text in embeddings:
                 served_model.remember(item_id, embeddings[item.encoder_text])
-    vectors = served_model.user_vectors(touched, model)
-    learned = model.learned_events
-    for update in updates:
-        update.sequence = (vectors[update.user_id], served_model.version, learned)
+    return served_model.user_vectors(states, served_model.model)
 
 
 async def admit(batch: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:

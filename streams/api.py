@@ -2,8 +2,9 @@
 
 - ``GET /users/{user_id}/interest``: the user's interest vector, top categories and which recent events
   make up the vector (``UserState.contributions``).
-- ``GET /users/{user_id}/recommendations?k=10``: the next-item ranker's top items, computed now from the
-  newest model snapshot, with the recent items that led to each (``NextItemRanker.because``).
+- ``GET /users/{user_id}/recommendations?k=10``: the top items, computed now from the newest model
+  snapshot (the next-item ranker mixed with the sequential model, as in updates), with the recent items
+  that led to each (``NextItemRanker.because``).
 - ``GET /items/{item_id}/similar?k=10``: nearest items by text embedding.
 
 A user lives on one partition, and so on one worker: a request for a user reaches the worker that owns
@@ -28,7 +29,7 @@ import numpy as np
 
 from models.interest import UserState
 from models.sharding import partition_for
-from streams.agents import catalog, load_core, owned_partitions, served_model
+from streams.agents import catalog, load_core, owned_partitions, sequence_vectors, served_model
 from streams.app import app, heads, settings, user_states
 
 log = logging.getLogger("interest_stream.api")
@@ -149,7 +150,10 @@ async def recommendations_of(user_id: str, k: int) -> dict[str, Any]:
     ranker = served_model.ranker
     if ranker is None:
         raise ApiError(503, "no model snapshot loaded yet (is the trainer running?)", user_id=user_id)
-    top = served_model.recommend(state, k) or []
+    vector = None
+    if served_model.model is not None and served_model.item_vectors is not None:
+        vector = (await sequence_vectors(await load_core(), {user_id: state}))[user_id]
+    top = served_model.recommend(state, k, vector) or []
     items = []
     for item_id, score in top:
         because = ranker.because(state.recent_items, item_id)

@@ -134,6 +134,9 @@ class ServedModel:
         self.config = config or InterestConfig()
         self.model: SequenceModel | None = None
         self.ranker: NextItemRanker | None = None
+        self.item_vectors: np.ndarray | None = None
+        """The model's item vectors ``r_i`` of the ranker's items (``ids`` order): with a user vector,
+        the sequence scores that served lists mix in (``InterestConfig.sequence_mix``)."""
         self.manifest: dict | None = None
         self.assembler = SnapshotAssembler()
         self.loads = 0
@@ -165,7 +168,7 @@ class ServedModel:
         future = loop.run_in_executor(self._loader, self._load, raw)
         future.add_done_callback(lambda f: self._loaded(f, manifest))
 
-    def _load(self, raw: bytes) -> tuple[SequenceModel, NextItemRanker | None] | None:
+    def _load(self, raw: bytes) -> tuple[SequenceModel, NextItemRanker | None, np.ndarray | None] | None:
         try:
             sequence, ranker = unbundle(raw)
             from models.sequence import SequenceModel
@@ -178,7 +181,11 @@ class ServedModel:
         if ranked is not None and ranked.config.text_candidates:
             ranked.adopt_index(self.ranker)  # the previous snapshot's index, extended by the new items
             ranked.prepare_index()
-        return model, ranked
+        vectors = None
+        mixed = ranked is not None and ranked.config.sequence_mix > 0 and ranked.n_items > 0
+        if mixed and ranked.dim == model.net.text_proj.in_features:  # else another encoder's: unmixed
+            vectors = model.item_vectors_of(ranked.ids, ranked.text_vectors())
+        return model, ranked, vectors
 
     def _loaded(self, future: asyncio.Future, manifest: dict | None) -> None:
         self._loading -= 1
@@ -192,12 +199,14 @@ class ServedModel:
             self.caught_up.set()
 
     def _install(
-        self, loaded: tuple[SequenceModel, NextItemRanker | None] | None, manifest: dict | None
+        self,
+        loaded: tuple[SequenceModel, NextItemRanker | None, np.ndarray | None] | None,
+        manifest: dict | None,
     ) -> None:
         if loaded is None:
             return
-        model, ranked = loaded
-        self.model, self.ranker, self.manifest = model, ranked, manifest
+        model, ranked, vectors = loaded
+        self.model, self.ranker, self.item_vectors, self.manifest = model, ranked, vectors, manifest
         self.loads += 1
         log.info("model snapshot %s loaded (learned %d events; ranker: %s items)", self.version,
                  model.learned_events, "no" if ranked is None else ranked.n_items)  # fmt: skip
@@ -265,12 +274,21 @@ class ServedModel:
             vectors = model.user_vectors_of(windows)
         return dict(zip(users, vectors, strict=True))
 
-    def recommend(self, state: UserState, k: int) -> list[tuple[str, float]] | None:
-        """The ranker's top ``k`` for this user (its recent items are the query and are left out), exactly
-        as ``evaluate``'s default model ranks; None while no snapshot with a ranker is loaded."""
+    def recommend(
+        self, state: UserState, k: int, user_vector: np.ndarray | None = None
+    ) -> list[tuple[str, float]] | None:
+        """The top ``k`` for this user (its recent items are the query and are left out); None while no
+        snapshot with a ranker is loaded. With the user's vector from the snapshot's sequential model
+        (``user_vectors``), the ranker's scores mixed with the model's (``InterestConfig.sequence_mix``),
+        as ``evaluate``'s ``mix`` rows rank; without it, the ranker alone, as its ``default`` row."""
         if self.ranker is None or k <= 0:
             return None
-        return self.ranker.recommend(state.recent_items, state.embedding(), k, exclude=state.recent_items)
+        sequence = None
+        if user_vector is not None and self.item_vectors is not None:
+            sequence = self.item_vectors @ np.asarray(user_vector, np.float32)
+        return self.ranker.recommend(
+            state.recent_items, state.embedding(), k, exclude=state.recent_items, sequence=sequence
+        )
 
 
 def _partitions(settings) -> dict[str, list[int]]:  # noqa: ANN001

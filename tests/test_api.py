@@ -38,6 +38,18 @@ REPO = Path(__file__).resolve().parent.parent
 SPEC = json.loads((REPO / "schemas" / "openapi.json").read_text())
 
 
+def _same_list(api: list[dict], update: list[dict], noise: float = 1e-5) -> None:
+    """The same items in the same order with the same scores, up to float noise: the update's sequence
+    vectors come from a batch of users, the API's from one, and a mixed score carries the difference.
+    Two items may trade places only where their scores are that close."""
+    scores = [r["score"] for r in api]
+    np.testing.assert_allclose(scores, [r["score"] for r in update], atol=noise)
+    for k, (mine, theirs) in enumerate(zip(api, update, strict=True)):
+        if mine["item_id"] != theirs["item_id"]:
+            near = [abs(scores[k] - scores[j]) for j in (k - 1, k + 1) if 0 <= j < len(scores)]
+            assert min(near) <= 2 * noise, (api, update)
+
+
 def get(port: int, path: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
@@ -105,8 +117,7 @@ def test_any_worker_answers_for_any_user_as_the_updates_say(kafka_bootstrap, tmp
             assert status == 200, recs
             check(recs, "Recommendations")
             # the update's recommendations and the API's: one snapshot, one state, one ranking
-            assert [(r["item_id"], r["score"]) for r in recs["items"]] == [
-                (r["item_id"], r["score"]) for r in final["recommendations"]]  # fmt: skip
+            _same_list(recs["items"], final["recommendations"])
             assert recs["version"] == final["version"] and recs["model"] == manifest["id"]
             mine = sorted((e["ts"], e["item_id"], e["event_id"]) for _, e in records if e["user_id"] == user)
             assert not {r["item_id"] for r in recs["items"]} & {i for _, i, _ in mine[-50:]}
@@ -158,7 +169,11 @@ def test_any_worker_answers_for_any_user_as_the_updates_say(kafka_bootstrap, tmp
         wait_for(both, 180, "two workers sharing the partitions", logs[2])
         for user, (recs, interest) in answers.items():
             for p in (port, port2):
-                assert get(p, f"/users/{user}/recommendations?k=10") == (200, recs)
+                # the owner may now be the second worker: its own encoder call gave its copies of the
+                # window items' text, equal to the first's up to float noise, and so is the mixed list
+                status, again = get(p, f"/users/{user}/recommendations?k=10")
+                assert status == 200 and {**again, "items": None} == {**recs, "items": None}
+                _same_list(again["items"], recs["items"])
                 assert get(p, f"/users/{user}/interest") == (200, interest)
         owned = [set(get(p, "/ready")[1]["owned_partitions"]) for p in (port, port2)]
         assert owned[0] and owned[1] and not owned[0] & owned[1]  # so some answers above were forwarded

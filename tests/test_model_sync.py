@@ -264,3 +264,26 @@ def test_the_trainers_ranker_is_evaluates_default_ranker_and_a_worker_serves_it(
         _same_top(got, {i: float(s) for i, s in zip(catalogue, scores, strict=True) if i not in seen}, 10)
         checked += 1
     assert checked >= 10
+
+    # With the user's vector from the snapshot's sequential model, the list is evaluate's ``Mix`` of that
+    # model's scores and the default model's, at the configured share.
+    from evaluation.scorers import Mix
+
+    assert served.item_vectors is not None and served.item_vectors.shape == (len(catalogue), 64)
+    text = np.stack([vectors[i.encoder_text] for i in catalogue.values()])
+    model_scores = served.model.item_vectors_of(list(catalogue), text)  # catalogue order, as evaluate
+    mixed_checked = 0
+    for user, state in reference.states.items():
+        if len(state.recent_items) >= 50:
+            continue
+        u = served.user_vectors({user: state}, served.model)[user]
+        model_scorer = SimpleNamespace(scores=lambda _user, u=u: model_scores @ u)
+        mixed = Mix("mix", model_scorer, reference, core.config.sequence_mix).scores(user)
+        got = served.recommend(state, 10, u)
+        seen = {e.item_id for e, _ in events if e.user_id == user}
+        expected = sorted(((float(s), i) for i, s in zip(catalogue, mixed, strict=True) if i not in seen),
+                          reverse=True)[:10]  # fmt: skip
+        np.testing.assert_allclose([s for _, s in got], [s for s, _ in expected], rtol=1e-5)
+        assert got != served.recommend(state, 10)  # the model's share changed the list
+        mixed_checked += 1
+    assert mixed_checked >= 10

@@ -256,3 +256,50 @@ def test_fresh_places_must_leave_room_in_the_list():
         InterestConfig(fresh_slots=10, fresh_within=10)
     with pytest.raises(ValueError, match="fresh_slots"):
         InterestConfig(fresh_slots=-1)
+
+
+def _mixed_reference(r: NextItemRanker, history, interest, sequence, share) -> np.ndarray:
+    """The mix written out over the whole catalogue: z-scores of the model's scores and of the ranker's
+    candidates (the rest tied with its lowest), weighted, then the served list's places."""
+    items, own = r.candidates(history, interest)
+    z_own = (own - own.mean()) / (own.std() + 1e-12)
+    z_seq = (sequence - sequence.mean()) / (sequence.std() + 1e-12)
+    ranker_term = np.full(r.n_items, z_own.min())
+    ranker_term[items] = z_own
+    mixed = share * z_seq + (1 - share) * ranker_term
+    items, s = r.place_fresh(np.arange(r.n_items), mixed, history, exclude=history)
+    out = np.full(r.n_items, -np.inf)
+    out[items] = s
+    return out
+
+
+@pytest.mark.parametrize("cfg", [CFG, UNBOUNDED], ids=["bounded", "unbounded"])
+def test_a_mixed_list_is_the_mix_over_every_item_and_its_top_k_needs_only_the_best_of_the_rest(cfg):
+    from dataclasses import replace
+
+    r = _learned(replace(cfg, sequence_mix=0.5, fresh_slots=1))
+    rng = np.random.default_rng(7)
+    for seed in range(25):
+        history = [f"i{k}" for k in np.random.default_rng(seed).integers(0, 60, 6)]
+        interest = unit(2000 + seed)
+        sequence = rng.normal(size=r.n_items)
+        expected = _mixed_reference(r, history, interest, sequence, 0.5)
+        np.testing.assert_allclose(r.scores(history, interest, history, sequence), expected, rtol=1e-12)
+        top = r.recommend(history, interest, 10, history, sequence)  # scored over a bounded set
+        best = np.lexsort((np.arange(r.n_items), -expected))[:10]
+        assert [i for i, _ in top] == [r.ids[j] for j in best]
+        np.testing.assert_allclose([s for _, s in top], expected[best], rtol=1e-12)
+        assert top != r.recommend(history, interest, 10, history)  # the model's share moved the list
+
+
+def test_a_mix_share_of_zero_or_no_model_scores_serve_the_ranker_alone():
+    from dataclasses import replace
+
+    r = _learned(CFG)
+    off = NextItemRanker.from_bytes(r.to_bytes(), replace(CFG, sequence_mix=0.0))
+    history, interest = ["i1", "i2", "i3"], unit(5)
+    sequence = np.random.default_rng(0).normal(size=r.n_items)
+    alone = r.recommend(history, interest, 10, history)
+    assert off.recommend(history, interest, 10, history, sequence) == alone
+    with pytest.raises(ValueError, match="sequence scores for 3 items"):
+        r.recommend(history, interest, 10, history, sequence[:3])
