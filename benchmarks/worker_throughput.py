@@ -1,6 +1,6 @@
 """Worker throughput and latency on a real local broker, against the core alone, in one script.
 
-    python benchmarks/worker_throughput.py [--events N] [--sequence-model]
+    python benchmarks/worker_throughput.py [--events N] [--sequence-model] [--recommendations]
 
 Prints: broker start time, encoder texts/s (cold cache), core events/s (replay driver, warm cache), worker
 events/s end to end through Kafka (warm cache), their ratio, and the time from worker start to its first
@@ -112,8 +112,14 @@ def main() -> None:
             recent.add(e["user_id"], float(e["ts"]), e["item_id"])
         snapshot = bundle(SequenceModel(core.dim).to_bytes(), ranker.to_bytes())
         rec_rate, _ = run_worker(bootstrap, env, run, "recs", records, used, expected, work, snapshot)
-        print(f"worker with the sequential model and recommendations: {rec_rate:,.0f} events/s "
+        print(f"worker with the sequential model and recommendations (the mix, share "
+              f"{settings.model.sequence_mix}): {rec_rate:,.0f} events/s "
               f"({rec_rate / rate:.2f} of the worker without either)")  # fmt: skip
+        alone = dict(env, INTEREST_SEQUENCE_MIX="0")
+        alone_rate, _ = run_worker(bootstrap, alone, run, "alone", records, used, expected, work, snapshot)
+        print(f"the same, recommendations from the ranker alone (INTEREST_SEQUENCE_MIX=0): "
+              f"{alone_rate:,.0f} events/s ({alone_rate / rate:.2f}); "
+              f"the mix costs {1 - rec_rate / alone_rate:.0%}")  # fmt: skip
     if broker is not None:
         broker.stop()
 

@@ -41,7 +41,8 @@ class InterestUpdate:
     sequence: tuple[np.ndarray, int, int] | None = None
     """The sequential model's user vector, its snapshot id and learned events (set by the worker)."""
     recommendations: list[tuple[str, float]] | None = None
-    """The next-item ranker's top items (id, score) for the user (set by the worker)."""
+    """The top items (id, score) for the user: the next-item ranker mixed with the sequential model
+    (set by the worker, ``ServedModel.recommend``)."""
 
     def to_json(self, vectors: str = "json") -> dict[str, Any]:
         """The message as a dict; ``vectors``: ``json`` (arrays of numbers, rounded to 7 decimals) or

@@ -20,6 +20,8 @@ over all users, the same counting that ``evaluate`` runs as its ``default``) and
 snapshot, with every catalogue item's text embedding, so every worker recommends from one global ranker.
 Counting is exact, so the ranker a worker serves is the one ``evaluate`` would have after the events the
 snapshot learned; the user's own recent items (the query) come from the worker's user state, fresh.
+A served list mixes the ranker with the sequential model (``InterestConfig.sequence_mix``,
+``ServedModel.recommend``), as ``evaluate``'s ``mix`` rows do.
 
 How stale a worker's copy is: at most ``model_sync_s`` plus the trainer's lag behind the input plus the
 time to publish and read a snapshot (17 MB: well under a second on one machine). ``evaluate`` measures

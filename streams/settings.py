@@ -45,8 +45,9 @@ class Settings:
     """The trainer publishes a snapshot of the sequential model every this many seconds (while it learns);
     workers load each one as it arrives."""
     recommendations_k: int = 10
-    """Items in each update's ``recommendations`` (the next-item ranker of the trainer's newest snapshot,
-    the user's remembered items left out); 0 leaves them out of the updates."""
+    """Items in each update's ``recommendations`` (the next-item ranker of the trainer's newest snapshot
+    mixed with its sequential model, ``sequence_mix``; the user's remembered items left out); 0 leaves
+    them out of the updates."""
     partitions: int = 4
     max_batch: int = 256
     max_wait_s: float = 0.0
