@@ -314,7 +314,8 @@ async def add_model_outputs(core: InterestCore, updates: list[InterestUpdate], s
 async def sequence_vectors(core: InterestCore, states: dict[str, UserState]) -> dict[str, np.ndarray]:
     """User -> the loaded snapshot's sequential-model vector of the user's window (a snapshot must be
     loaded). Window items from before this worker started get their text through the embedding cache
-    first, so every worker computes the same vector for a user."""
+    first, so a worker that took the user over reads the same window texts (the vectors then agree up to
+    float noise: another encoder call, another batch of users)."""
     missing = served_model.missing(states)
     if missing:
         items = {i: catalog.get(i) for i in missing}
