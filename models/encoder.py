@@ -334,16 +334,7 @@ class TextEncoder:
         pad = special.get("pad_token", "[PAD]")
         pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
         if (self.path / "tokenizer.json").exists():
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
-            tokenizer.enable_truncation(self.max_length)
-            tokenizer.no_padding()  # the file pads every text to 128 tokens; we pad per batch
-            batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no offsets
-
-            def tokenize(texts: list[str]) -> list[list[int]]:
-                return [e.ids for e in batch(texts)]
-
+            tokenize, tokenizer = _rust_tokenizer(str(self.path / "tokenizer.json"), self.max_length)
             return tokenize, tokenizer.token_to_id(pad) or 0
         import transformers
 
@@ -467,26 +458,37 @@ class TextEncoder:
             tmp.unlink(missing_ok=True)
 
 
-_CHILD_TOKENIZER: Any = None
-
-
-def _start_child_tokenizer(path: str, max_length: int, threads: int) -> None:
-    """A tokenizer process's start: the Rust tokenizer, with ``threads`` threads of its own (rayon reads
-    the variable when it first runs, so the processes together do not oversubscribe the cores)."""
-    global _CHILD_TOKENIZER
-    os.environ["RAYON_NUM_THREADS"] = str(threads)
+def _rust_tokenizer(path: str, max_length: int) -> tuple[Callable[[list[str]], list[list[int]]], Any]:
+    """(texts -> token ids, the tokenizer) from a ``tokenizer.json``: truncated to ``max_length``,
+    unpadded (the file pads every text to 128 tokens; batches are padded to their own longest)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(path)
     tokenizer.enable_truncation(max_length)
     tokenizer.no_padding()
-    _CHILD_TOKENIZER = tokenizer
+    batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no offsets
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in batch(texts)]
+
+    return tokenize, tokenizer
+
+
+_CHILD_TOKENIZE: Callable[[list[str]], list[list[int]]] | None = None
+
+
+def _start_child_tokenizer(path: str, max_length: int, threads: int) -> None:
+    """A tokenizer process's start: the Rust tokenizer, with ``threads`` threads of its own (rayon reads
+    the variable when it first runs, so the processes together do not oversubscribe the cores)."""
+    global _CHILD_TOKENIZE
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    _CHILD_TOKENIZE = _rust_tokenizer(path, max_length)[0]
 
 
 def _tokenize_in_child(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(all ids end to end, each text's count) as arrays: cheap to send back, unlike lists of lists."""
-    batch = getattr(_CHILD_TOKENIZER, "encode_batch_fast", _CHILD_TOKENIZER.encode_batch)
-    return _ragged([e.ids for e in batch(texts)])
+    assert _CHILD_TOKENIZE is not None, "not a tokenizer process"
+    return _ragged(_CHILD_TOKENIZE(texts))
 
 
 def _ragged(ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
