@@ -70,6 +70,7 @@ SCRAPE_GAUGES = {
     "interest_owned_partitions": "Input partitions this worker owns",
     "interest_embedding_cache_hits": "Item texts served from the embedding cache since start",
     "interest_embedding_cache_misses": "Item texts encoded since start",
+    "interest_encoder_weights_loaded": "1 once the encoder's weights are in (they load after start-up)",
     "interest_prequential_hit1": "The head's rolling test-then-train hit@1 (last ~2,000 events)",
     "interest_prequential_hit5": "The head's rolling test-then-train hit@5 (last ~2,000 events)",
     "interest_model_snapshot": "Id of the model snapshot in use (0: none)",

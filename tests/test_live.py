@@ -132,6 +132,7 @@ def test_metrics_and_the_live_page_show_a_replay_as_it_happens(kafka_bootstrap, 
         assert m["interest_event_to_update_seconds_count"] == data["applied"]
         # seconds, not decades: once it divided faust's timestamps (already seconds) by 1,000 again
         assert 0 < m["interest_event_to_update_seconds_sum"] / data["applied"] < 300
+        assert m["interest_encoder_weights_loaded"] == 1  # the catalogue's misses were encoded
         assert m["interest_batch_records_count"] > 0 and m["interest_encode_seconds_count"] > 0
         assert m["interest_users_in_state"] >= 1
         assert 0 <= m["interest_prequential_hit1"] <= m["interest_prequential_hit5"] <= 1
