@@ -1,10 +1,10 @@
 """The online sequence model's variants side by side on leave-one-out: validation picks, test is reported.
 
 Runs ``evaluate``'s leave-one-out protocol on the MovieLens sample (optionally with new items,
-``--new-items``) for the counting ranker, the text baselines and each named sequence-model variant, with
-its mixes, in one process, and prints validation and test Recall@10, overall, on never-seen items, and
-on never-seen items ranked among the items nobody has touched ("among new"). Each variant is a set of
-``SequenceConfig`` changes, given as JSON:
+``--new-items``, or on its dense variant, ``--dense``) for the counting ranker, the text baselines and
+each named sequence-model variant, with its mixes, in one process, and prints validation and test
+Recall@10, overall, on never-seen items, and on never-seen items ranked among the items nobody has
+touched ("among new"). Each variant is a set of ``SequenceConfig`` changes, given as JSON:
 
     python benchmarks/sequence_variants.py --new-items 0.1 \\
         --variant 'base={}' --variant 'drop0.5={"id_needs_event": true, "id_dropout": 0.5}'
@@ -39,13 +39,14 @@ def _mean(rows: list[dict[str, float]], key: str) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--new-items", type=float, default=0.0, help="share of the catalogue made new")
+    ap.add_argument("--dense", action="store_true", help="the 1,500 most-rated movies instead of all")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="a sequence-model variant: SequenceConfig changes as JSON (repeatable)")  # fmt: skip
     ap.add_argument("--max-users", type=int, default=None, help="only the first N users (a quick look)")
     ap.add_argument("--state-dir", default=str(REPO / ".state" / "evaluate"), help="embedding cache")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or {"base": "{}"}
-    log = load_movielens(MOVIELENS_SAMPLE)
+    log = load_movielens(MOVIELENS_SAMPLE, 1500 if args.dense else None)
     if args.max_users:
         log = log.first_users(args.max_users)
     core = build_core(replace(Settings.load(os.environ), state_dir=args.state_dir))
