@@ -190,9 +190,9 @@ def latency(bootstrap: str, work: Path, users: int, items, cache: Path, loads: l
     out = []
     try:
         # Measure a worker past its start: its encoder weights loaded (the loading thread's imports hold
-        # the interpreter for seconds, and while they ran a load of 200 events/s measured p95 487 ms,
-        # where 15 s of warm-up had been taken to cover them), then 15 s of warm-up at 100 events/s (the
-        # catalogue read, events applied).
+        # the interpreter for seconds, and while they ran a load of 200 events/s measured p95 543 ms
+        # against 86 ms afterwards; 15 s of warm-up had been taken to cover them and did not), then 15 s
+        # of warm-up at 100 events/s (the catalogue read, events applied).
         t_start = time.perf_counter()
         _wait_for(worker.weights_loaded, 300, worker)
         out.append({"weights_loaded_after_s": time.perf_counter() - t_start})

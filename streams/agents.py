@@ -102,9 +102,9 @@ def start_loading_core() -> concurrent.futures.Future:
 def _load_weights(core: concurrent.futures.Future, since: float) -> None:
     """Load the encoder's weights and say when they are in. Until then the loading thread (imports,
     mostly) competes with the event loop for the interpreter, and latency has a long tail: on this
-    project's 2-core machine, with the broker beside it, the weights were in 9-14 s after a worker
-    started (35 s under more load), and 200 events/s offered meanwhile measured p95 487 ms
-    (``interest_encoder_weights_loaded`` says when that is over)."""
+    project's 2-core machine, with the broker beside it, the weights were in 9-14 s after an idle worker
+    started and 17-18 s after one applying 100 events/s, and 200 events/s offered meanwhile measured p95
+    543 ms against 86 ms afterwards (``interest_encoder_weights_loaded`` says when that is over)."""
     encoder = core.result().encoder
     encoder.load_weights()
     if encoder.weights_loaded:
