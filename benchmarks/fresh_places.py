@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.data import load_movielens
+from evaluation.data import DENSE_ITEMS, load_movielens
 from evaluation.metrics import bootstrap_means
 from evaluation.protocols import loo_split, run_loo
 from evaluation.run import _embed_catalogue
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--test", action="store_true", help="also print the test split's figures")
     ap.add_argument("--state-dir", default=str(REPO / ".state" / "evaluate"), help="embedding cache")
     args = ap.parse_args()
-    log = load_movielens(MOVIELENS_SAMPLE, 1500 if args.dense else None)
+    log = load_movielens(MOVIELENS_SAMPLE, DENSE_ITEMS if args.dense else None)
     core = build_core(replace(Settings.load(os.environ), state_dir=args.state_dir))
     item_emb, embeddings = _embed_catalogue(core, log)
     for share in args.new_items or [0.0]:

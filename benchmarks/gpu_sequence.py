@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from evaluation.data import EventLog, load_movielens  # noqa: E402
+from evaluation.data import DENSE_ITEMS, EventLog, load_movielens  # noqa: E402
 from models.sequence import SequenceConfig, SequenceModel  # noqa: E402
 from models.sources import MOVIELENS_SAMPLE  # noqa: E402
 
@@ -81,7 +81,7 @@ def main() -> None:
     if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
         sys.exit("gpu_sequence.py: a cuda device was asked for but torch sees no GPU")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    log = load_movielens(MOVIELENS_SAMPLE, 1500)
+    log = load_movielens(MOVIELENS_SAMPLE, DENSE_ITEMS)
     for device in devices:
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             row = learn_rate(log, device, batch_size, args.seconds)

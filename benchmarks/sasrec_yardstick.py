@@ -32,14 +32,13 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from evaluation.data import load_movielens  # noqa: E402
+from evaluation.data import DENSE_ITEMS, load_movielens  # noqa: E402
 from evaluation.metrics import bootstrap_means  # noqa: E402
 from evaluation.protocols import loo_split, run_loo  # noqa: E402
 from evaluation.scorers import Histories, SASRecScorer, Scorer  # noqa: E402
 from models.sources import MOVIELENS_SAMPLE  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "sasrec-yardstick.jsonl"
-DENSE_ITEMS = 1500  # as ``evaluate --dataset movielens-dense``
 
 
 def run(dataset: str, device: str, budget_s: float, max_epochs: int, max_users: int | None) -> dict[str, Any]:

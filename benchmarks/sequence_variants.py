@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.data import load_movielens
+from evaluation.data import DENSE_ITEMS, load_movielens
 from evaluation.protocols import loo_split, run_loo
 from evaluation.run import MIX_WEIGHTS, _embed_catalogue
 from evaluation.scorers import CoreModel, Histories, LastItemText, Mix, OnlineSequence, Scorer
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--state-dir", default=str(REPO / ".state" / "evaluate"), help="embedding cache")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or {"base": "{}"}
-    log = load_movielens(MOVIELENS_SAMPLE, 1500 if args.dense else None)
+    log = load_movielens(MOVIELENS_SAMPLE, DENSE_ITEMS if args.dense else None)
     if args.max_users:
         log = log.first_users(args.max_users)
     core = build_core(replace(Settings.load(os.environ), state_dir=args.state_dir))

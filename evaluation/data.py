@@ -96,6 +96,10 @@ TAG_RULE = (
     "never tags by a user the movie is held out from."
 )
 
+DENSE_ITEMS = 1500
+"""The dense variant of the MovieLens sample (``evaluate --dataset movielens-dense``): its most-rated
+movies only (``EventLog.most_interacted``)."""
+
 
 def load_movielens(folder: Path, most_interacted: int | None = None) -> EventLog:
     """The MovieLens mapping of ``models.sources`` (rating -> click/cart/order, genres as categories),

@@ -210,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Both protocols, every baseline, intervals and the report; see ``evaluation.run``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from evaluation.data import load_jsonl, load_movielens
+    from evaluation.data import DENSE_ITEMS, load_jsonl, load_movielens
     from evaluation.run import EvalOptions, evaluate
     from models.sources import MOVIELENS_SAMPLE
     from streams.settings import build_core
@@ -228,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.events:
             log = load_jsonl(Path(args.events), Path(args.items))
         else:
-            dense = 1500 if args.dataset == "movielens-dense" else None
+            dense = DENSE_ITEMS if args.dataset == "movielens-dense" else None
             log = load_movielens(Path(args.path) if args.path else MOVIELENS_SAMPLE, dense)
     except (OSError, ValueError) as exc:  # unreadable file, a line that is not JSON or not an item
         print(f"evaluate: {exc}", file=sys.stderr)
