@@ -70,8 +70,9 @@ EXPORT_TOLERANCE = 1e-5
 INT8_MIN_COSINE = 0.97
 """Smallest cosine allowed between the int8 graph and the fp32 one on ``_PROBE_TEXTS``; below it the
 quantised graph is refused, not kept. Measured on 1,000 MovieLens titles at batch 128: min 0.978, median
-0.993. An int8 vector also depends a little on its batch: activations are quantised with one scale per
-batch, so a title alone and the same title in a batch of 128 agree to cosine 0.978 (min), 0.991 (median)."""
+0.993 (at 64, ``CPU_BATCH``: 0.982, 0.993). An int8 vector also depends a little on its batch:
+activations are quantised with one scale per batch, so a title alone and the same title in a batch of
+128 agree to cosine 0.978 (min), 0.991 (median)."""
 _PROBE_TEXTS = ["wireless earbuds", "Amélie (2001)", "東京物語 (1953)", "x " * 400, "", "🎬 film noir"]
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -81,6 +82,12 @@ TOKENIZE_MODES = ("thread", "inline", "processes")
 """How ``encode`` tokenises on a GPU (``TextEncoder.tokenize_mode``): ``thread``, the next chunk in a second
 thread; ``inline``, each chunk in the calling thread before it runs; ``processes``, chunks in a pool of
 ``tokenizer_processes`` processes, all submitted at once. ``benchmarks/gpu_encoder.py`` measures each."""
+CPU_BATCH = 64
+"""Texts per forward pass on the CPU. The fastest of 16, 32, 64, 128 and 256 for torch fp32, ONNX fp32 and
+ONNX int8 (``benchmarks/encoder_batch.py``: 2,000 MovieLens titles, 2 threads: 719 / 699 / 1,554 titles/s
+at 64 against 616 / 493 / 825 at 128, the default before); bf16 ran about as fast at 64 as at 128
+(1,602 and 1,662). Why larger batches run slower here was not measured; the likely reason is that a
+batch's activations (tokens x 1,536 floats in the feed-forward layers) outgrow the CPU's caches."""
 CPU_CHUNK_BATCHES = 64
 """On the CPU ``encode`` tokenises this many batches' texts at a time, in the calling thread, and sorts
 them by token count together. Tokenising the next chunk in a second thread (as on a GPU) made ``encode``
@@ -131,7 +138,8 @@ class TextEncoder:
     ``dtype`` (torch only, so fp16 or bf16 make ``auto`` pick torch): ``auto`` is fp16 on a GPU, fp32 on
     the CPU. ``threads`` sets onnxruntime's intra-op pool and torch's ``set_num_threads`` (process-wide);
     default ``available_cpus()``.
-    ``batch_size`` default: 128 on the CPU, 1024 on a GPU (where small batches leave it waiting on Python).
+    ``batch_size`` default: ``CPU_BATCH`` on the CPU, 1024 on a GPU (where small batches leave it waiting on
+    Python).
     """
 
     def __init__(
@@ -157,7 +165,7 @@ class TextEncoder:
         self.device_name = resolve_device(device)
         fell_back = self.device_name != device
         on_gpu = self.device_name.startswith("cuda")
-        self.batch_size = batch_size or (1024 if on_gpu else 128)
+        self.batch_size = batch_size or (1024 if on_gpu else CPU_BATCH)
         self.max_length = max_length
         self.threads = threads or available_cpus()
         if backend == "auto":  # a half-precision dtype is a torch setting: asking for one picks torch
