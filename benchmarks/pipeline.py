@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from benchmarks.synthetic import DEFAULT_EXPONENT, zipf_stream  # noqa: E402
 from models.events import Item  # noqa: E402
@@ -95,8 +96,8 @@ class Worker:
                 text = resp.read().decode()
         except OSError:
             return False
-        return any(line.split()[-1] in ("1", "1.0") for line in text.splitlines()
-                   if line.startswith("interest_encoder_weights_loaded "))  # fmt: skip
+        samples = (s for family in text_string_to_metric_families(text) for s in family.samples)
+        return any(s.name == "interest_encoder_weights_loaded" and s.value == 1.0 for s in samples)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
