@@ -97,11 +97,11 @@ class Settings:
     """``torch`` (the default), ``onnx`` (the same graph in onnxruntime), ``onnx-int8`` (int8 weights) or
     ``auto`` (onnx on the CPU, torch on a GPU). Chosen by ``benchmarks/encoder.py``: on 2 CPU cores torch
     encoded 389 titles/s, onnx 334, onnx-int8 532 (in batches of 128; in batches of 64, the default since,
-    753, 694 and 1,454). int8 misses the parity bar (min cosine 0.979 to fp32, the same nearest neighbour
-    for 84% of titles), and onnx's fast start no longer counts in a worker,
-    which imports torch anyway for the sequential model. onnx and torch compute the same vectors (checked
-    at export), so switching between them keeps the embedding cache; int8 vectors are cached (and user
-    states tagged) under their own model name."""
+    753, 694 and 1,454 in one run, 619, 631 and 1,446 in another: torch and onnx level). int8 misses
+    the parity bar (min cosine 0.979 to fp32, the same nearest neighbour for 84% of titles), and onnx's
+    fast start no longer counts in a worker, which imports torch anyway for the sequential model. onnx and
+    torch compute the same vectors (checked at export), so switching between them keeps the embedding
+    cache; int8 vectors are cached (and user states tagged) under their own model name."""
     encoder_dtype: str = "auto"
     """torch's weights on the device: ``fp32``, ``fp16``, ``bf16`` or ``auto`` (fp16 on a GPU, fp32 on the
     CPU). fp16/bf16 vectors differ slightly from fp32 ones and get their own model name, like int8."""
