@@ -49,4 +49,5 @@ eval: setup
 
 clean:
 	-$(BIN)/interest-stream broker stop
+	-INTEREST_BROKER_DIR=.state/demo-broker $(BIN)/interest-stream broker stop
 	rm -rf .state

@@ -286,13 +286,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Local broker + worker + trainer + MovieLens replay + live view: the whole product on one machine."""
+    """Local broker + worker + trainer + MovieLens replay + live view: the whole product on one machine.
+
+    The demo's broker is its own (``demo-broker`` beside the development broker's folder) and starts from
+    empty topics every time: the development broker keeps its topics across restarts, as a real one does,
+    so a demo on it would count the previous demo's updates as this one's and replay its events again.
+    A worker or trainer that exits ends the demo with the end of their log instead of a view that waits.
+    """
     from models import sources
     from streams.view import live_view
 
-    broker = LocalBroker(_broker_dir())
+    Settings.load(dict(os.environ))  # a bad INTEREST_* value fails here, before anything starts
+    broker = LocalBroker(_broker_dir().parent / "demo-broker")
+    broker.stop()  # one an earlier demo kept (--keep-broker)
     t0 = time.monotonic()
-    info = broker.start()
+    info = broker.start(fresh=True)
     print(f"broker up at {info.bootstrap} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=info.bootstrap)
     env.setdefault("INTEREST_APP_ID", f"interest-demo-{int(time.time())}")
@@ -307,6 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     exe = [sys.executable, "-m", "streams.cli"]
     trainer_env = dict(env, INTEREST_STATE_DIR=str(state_dir.parent / "demo-trainer"))
     (state_dir.parent / "demo-trainer" / "trainer-checkpoint.pt").unlink(missing_ok=True)  # a fresh broker
+    why = None
     with open(log_path, "wb") as log:
         worker = subprocess.Popen([*exe, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
         trainer = subprocess.Popen([*exe, "train", "--state-dir", trainer_env["INTEREST_STATE_DIR"]],
@@ -315,6 +324,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.limit:
             produce += ["--limit", str(args.limit)]
         producer = subprocess.Popen(produce, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        def failed() -> str | None:
+            for name, proc in (("worker", worker), ("trainer", trainer)):
+                if proc.poll() is not None:
+                    return f"the {name} exited with code {proc.returncode}"
+            if producer.poll():  # the producer ends when it has sent everything: only an error counts
+                return f"the producer exited with code {producer.returncode}"
+            return None
+
         expected = args.limit or sum(1 for _ in sources.movielens_events())
         port = env.get("INTEREST_WEB_PORT", "6066")
         where = f"http://localhost:{port}"
@@ -322,9 +340,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
               "Ctrl-C stops the demo", file=sys.stderr)  # fmt: skip
         try:
             final = live_view(_settings(), expected_events=expected,
-                              stop=lambda s: s.events_applied >= expected)  # fmt: skip
-            print(f"all {final.events_applied} events applied for {len(final.users)} users "
-                  f"in {time.monotonic() - final.started:.1f}s", file=sys.stderr)  # fmt: skip
+                              stop=lambda s: s.events_applied >= expected,
+                              abort=lambda: failed() is not None)  # fmt: skip
+            if final.events_applied >= expected:
+                print(f"all {final.events_applied} events applied for {len(final.users)} users "
+                      f"in {time.monotonic() - final.started:.1f}s", file=sys.stderr)  # fmt: skip
+            else:
+                why = f"stopped after {final.events_applied} of {expected} events: {failed()}"
         except KeyboardInterrupt:
             pass
         finally:
@@ -339,8 +361,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 trainer.wait(60)
             except subprocess.TimeoutExpired:
                 trainer.kill()
-            if not args.keep_broker:
+            if args.keep_broker:
+                print(f"the demo's broker runs on at {info.bootstrap}; the other commands find it with "
+                      f"INTEREST_BROKER_DIR={broker.run_dir} (interest-stream tail, ... broker stop)",
+                      file=sys.stderr)  # fmt: skip
+            else:
                 broker.stop()
+    if why is not None:
+        lines = log_path.read_text(errors="replace").splitlines()[-25:]
+        print(f"demo {why}; the end of {log_path}:\n" + "\n".join(lines), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -27,9 +27,15 @@ class Record:
 
 
 def consume(
-    settings: Settings, from_beginning: bool = True, dlq: bool = True, idle_timeout_s: float | None = None
+    settings: Settings,
+    from_beginning: bool = True,
+    dlq: bool = True,
+    idle_timeout_s: float | None = None,
+    abort: Callable[[], bool] | None = None,
 ) -> Iterator[Record]:
-    """Updates (and dead letters) as they arrive; stops after ``idle_timeout_s`` without a record."""
+    """Updates (and dead letters) as they arrive; stops after ``idle_timeout_s`` without a record, or
+    once ``abort()`` is true (asked between polls, so also while nothing arrives: a reader waiting on a
+    worker that has died would otherwise wait forever)."""
     topics = [settings.updates_topic] + ([settings.dlq_topic] if dlq else [])
     consumer = KafkaConsumer(
         *topics,
@@ -56,6 +62,8 @@ def consume(
             if got:
                 last = now
             elif idle_timeout_s is not None and now - last > idle_timeout_s:
+                return
+            if abort is not None and abort():
                 return
     finally:
         consumer.close()
@@ -169,11 +177,12 @@ def live_view(
     expected_events: int | None = None,
     stop: Callable[[LiveState], bool] | None = None,
     idle_timeout_s: float | None = None,
+    abort: Callable[[], bool] | None = None,
 ) -> LiveState:
     state = LiveState(title=Titles(settings))
     last_render = 0.0
     with Live(state.render(expected_events), refresh_per_second=4) as live:
-        for record in consume(settings, from_beginning=True, idle_timeout_s=idle_timeout_s):
+        for record in consume(settings, from_beginning=True, idle_timeout_s=idle_timeout_s, abort=abort):
             state.add(record)
             done = stop is not None and stop(state)
             now = time.monotonic()
