@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from streams.devbroker import BrokerError, LocalBroker
-from streams.settings import REPO_ROOT, Settings
+from streams.settings import REPO_ROOT, Settings, SettingsError
 
 DEFAULT_BROKER_DIR = REPO_ROOT / ".state" / "broker"
 
@@ -501,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except BrokerError as exc:
         print(f"broker: {exc}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"settings: {exc}", file=sys.stderr)
         return 2
 
 

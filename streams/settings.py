@@ -29,6 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TOOL_VARIABLES = {"INTEREST_CONFIG", "INTEREST_BROKER_DIR", "INTEREST_KAFKA_HOME"}
 
 
+class SettingsError(ValueError):
+    """A setting that cannot be used: its name, its value and why. The CLI prints it without a traceback."""
+
+
 @dataclass(frozen=True)
 class Settings:
     broker: str = "127.0.0.1:9092"
@@ -132,26 +136,43 @@ class Settings:
 
     @classmethod
     def load(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        env = dict(os.environ if env is None else env)
+        """Settings from ``env`` (default: the environment), the TOML file it names and ``overrides``;
+        a bad name or value raises ``SettingsError`` naming it."""
+        try:
+            return cls._load(dict(os.environ if env is None else env), overrides)
+        except SettingsError:
+            raise
+        except (ValueError, TypeError, OSError) as exc:  # TOML syntax errors are ValueErrors too
+            raise SettingsError(str(exc)) from exc
+
+    @classmethod
+    def _load(cls, env: dict[str, str], overrides: dict[str, Any]) -> Settings:
         values: dict[str, Any] = {}
         model_values: dict[str, Any] = {}
-        path = env.get("INTEREST_CONFIG")
-        if path:
-            data = tomllib.loads(Path(path).read_text())
-            model_values.update(data.pop("model", {}))
-            values.update(data)
         names = {f.name: f for f in dataclasses.fields(cls) if f.name != "model"}
         model_names = {f.name: f for f in dataclasses.fields(InterestConfig)}
+        path = env.get("INTEREST_CONFIG")
+        if path:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except (OSError, ValueError) as exc:
+                raise SettingsError(f"INTEREST_CONFIG={path}: {exc}") from None
+            model_values.update(data.pop("model", {}))
+            values.update(data)
+            _check_types(path, values, names)
+            _check_types(path, model_values, model_names)
         for key, raw in env.items():
             if not key.startswith("INTEREST_") or key in TOOL_VARIABLES:
                 continue
             name = key.removeprefix("INTEREST_").lower()
-            if name in names:
-                values[name] = _convert(raw, names[name].type)
-            elif name in model_names:
-                model_values[name] = _convert(raw, model_names[name].type)
-            else:
-                raise ValueError(f"unknown setting {key}; see streams/settings.py for the names")
+            if name not in names and name not in model_names:
+                raise SettingsError(f"unknown setting {key}; see streams/settings.py for the names")
+            kind = (names[name] if name in names else model_names[name]).type
+            try:
+                value = _convert(raw, kind)
+            except ValueError as exc:
+                raise SettingsError(f"{key}={raw!r}: {exc}") from None
+            (values if name in names else model_values)[name] = value
         if env.get("KAFKA_BOOTSTRAP_SERVERS"):
             values["broker"] = env["KAFKA_BOOTSTRAP_SERVERS"]
         values.update(overrides)
@@ -193,19 +214,44 @@ class Settings:
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
 
 
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _check_types(path: str, got: dict[str, Any], fields: dict[str, dataclasses.Field]) -> None:
+    """Values read from the TOML file have their fields' types (unknown names are reported later)."""
+    for name, value in got.items():
+        kind = str(fields[name].type) if name in fields else ""
+        if kind and not _is_a(value, kind):
+            raise SettingsError(f"{path}: {name} = {value!r}, expected {_EXPECTED.get(kind, kind)}")
+
+
+def _is_a(value: Any, kind: str) -> bool:
+    """Whether a value read from the TOML file has the field's type (an int stands for a float; a bool
+    is not a number, though Python's bool is an int)."""
+    if kind in ("int", "float"):
+        numbers = (int,) if kind == "int" else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    wanted = {"bool": bool, "str": str}.get(kind) or (dict if kind.startswith("dict") else None)
+    return wanted is None or isinstance(value, wanted)
+
+
 def _convert(raw: str, type_name: Any) -> Any:
+    """An environment variable's text as the field's type; ValueError says what was expected."""
     kind = str(type_name)
     if kind == "bool":
         if raw.strip().lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ValueError(f"not a boolean: {raw!r} (use true/false)")
+            raise ValueError("not a boolean (use true/false)")
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind.startswith("dict"):
-        pairs = (part.split("=", 1) for part in raw.split(",") if part.strip())
-        return {k.strip(): float(v) for k, v in pairs}
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("dict"):
+            pairs = (part.split("=", 1) for part in raw.split(",") if part.strip())
+            return {k.strip(): float(v) for k, v in pairs}
+    except ValueError:
+        raise ValueError(f"not {_EXPECTED.get(kind, 'name=number pairs (click=1,cart=3)')}") from None
     return raw
 
 

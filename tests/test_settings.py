@@ -1,6 +1,13 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_environment_overrides_file_and_defaults(tmp_path):
@@ -37,6 +44,12 @@ def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
         ({"INTEREST_WEIGHTS": "click=1"}, "weights lack"),
         ({"INTEREST_TAU_S": "0"}, "tau_s"),
         ({"INTEREST_ENVIRONMENT_FEATURES": "maybe"}, "boolean"),
+        ({"INTEREST_TAU_S": "ten"}, "INTEREST_TAU_S='ten': not a number"),
+        ({"INTEREST_PARTITIONS": "4.5"}, "INTEREST_PARTITIONS='4.5': not an integer"),
+        (
+            {"INTEREST_WEIGHTS": "click:1"},
+            r"INTEREST_WEIGHTS='click:1': not name=number pairs \(click=1,cart=3\)",
+        ),
         ({"INTEREST_TRANSITION_WINDOW": "9"}, "history_len"),
         ({"INTEREST_ENCODER_BACKEND": "tensorrt"}, "encoder_backend"),
         ({"INTEREST_ENCODER_DTYPE": "fp8"}, "encoder_dtype"),
@@ -47,8 +60,16 @@ def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(env, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SettingsError, match=message):
         Settings.load(env)
+
+
+def test_the_cli_reports_a_bad_setting_in_one_line_without_a_traceback(tmp_path):
+    env = dict(os.environ, INTEREST_TAU_S="ten", INTEREST_BROKER_DIR=str(tmp_path / "broker"))
+    command = [sys.executable, "-m", "streams.cli", "tail", "--idle-exit", "1"]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "settings: INTEREST_TAU_S='ten': not a number"
 
 
 def test_each_state_dir_is_its_own_static_group_member():
@@ -72,3 +93,21 @@ def test_encoder_settings_reach_the_encoder(monkeypatch):
     assert built == {"device": "cuda", "backend": "onnx-int8", "threads": 3, "dtype": "auto"}
     settings_module.build_core(Settings.load({}))
     assert built["threads"] is None and built["backend"] == "torch"  # None: every core the process may use
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('partitions = "8"\n', r"c.toml: partitions = '8', expected an integer"),
+        ("partitions = true\n", r"c.toml: partitions = True, expected an integer"),
+        ('[model]\ntau_s = "a day"\n', r"c.toml: tau_s = 'a day', expected a number"),
+        ("partitions = \n", r"INTEREST_CONFIG=.*c.toml: Invalid value"),
+    ],
+)
+def test_a_bad_config_file_names_the_file_and_the_key(tmp_path, text, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        Settings.load({"INTEREST_CONFIG": str(cfg)})
+    with pytest.raises(SettingsError, match="INTEREST_CONFIG=.*missing.toml: .*No such file"):
+        Settings.load({"INTEREST_CONFIG": str(tmp_path / "missing.toml")})
