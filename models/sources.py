@@ -26,6 +26,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MOVIELENS_SAMPLE = REPO_ROOT / "data" / "ml-latest-small"
 
 Record = tuple[str, dict[str, Any]]  # (event type, wire-form event)
+CSV_COLUMNS = ("event_id", "user_id", "item_id", "ts")  # the columns read_csv needs
+
+
+class SourceError(ValueError):
+    """A line of an events file that cannot become an event: ``path:line: why``. What an event says is
+    the worker's to judge (it dead-letters what breaks the contract); this is about what picks its topic
+    and makes it a record at all."""
 
 
 def rating_to_type(rating: float) -> str:
@@ -92,20 +99,35 @@ def read_jsonl(path: Path, default_type: str | None = None) -> Iterator[Record]:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            obj = json.loads(line)
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{path}:{line_no}: not JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise SourceError(f"{path}:{line_no}: not a JSON object")
             event_type = obj.pop("type", None) or default_type
             if event_type not in EVENT_TYPES:
-                raise ValueError(f"{path}:{line_no}: no valid 'type' (one of {EVENT_TYPES})")
+                raise SourceError(f"{path}:{line_no}: no valid 'type' (one of {EVENT_TYPES})")
             yield event_type, obj
 
 
 def read_csv(path: Path, default_type: str | None = None) -> Iterator[Record]:
     """Columns event_id,user_id,item_id,ts[,type,title,text,categories ('|'-separated),device,geo]."""
     with open(path, newline="", encoding="utf-8") as fh:
-        for line_no, row in enumerate(csv.DictReader(fh), 2):
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in CSV_COLUMNS if c not in header]
+        if missing:
+            raise SourceError(
+                f"{path}:1: the header lacks {', '.join(missing)} (needed: {','.join(CSV_COLUMNS)})"
+            )
+        for row in reader:
+            at = f"{path}:{reader.line_num}"
+            if None in row or None in row.values():  # DictReader's marks for extra and missing fields
+                raise SourceError(f"{at}: not the header's {len(header)} fields")
             event_type = row.get("type") or default_type
             if event_type not in EVENT_TYPES:
-                raise ValueError(f"{path}:{line_no}: no valid 'type' (one of {EVENT_TYPES})")
+                raise SourceError(f"{at}: no valid 'type' (one of {EVENT_TYPES})")
             ts: Any = row["ts"]
             with contextlib.suppress(ValueError):  # else an ISO-8601 string, validated by the consumer
                 ts = float(ts)

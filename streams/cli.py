@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from models.sources import SourceError
 from streams.devbroker import BrokerError, LocalBroker
 from streams.settings import REPO_ROOT, Settings, SettingsError
 
@@ -142,15 +143,19 @@ def cmd_produce(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.file is None and args.movielens is None:
         args.movielens = ""
+    records, folder = _records(args)
+    if folder is None:  # a file: every line is read once before anything is sent, so a bad one sends none
+        try:
+            total = sum(1 for _ in records)
+        except sources.SourceError as exc:
+            raise sources.SourceError(f"{exc}; nothing was sent") from None
+        records, _ = _records(args)
     ensure_topics(settings)
     producer = make_producer(settings)
-    records, folder = _records(args)
     if folder is not None:
         n_items = produce_items(producer, settings, sources.movielens_items(folder))
         print(f"catalog: {n_items} items -> {settings.items_topic}", file=sys.stderr)
         total = args.limit or count_lines(folder / "ratings.csv") - 1
-    else:
-        total = args.limit or count_lines(Path(args.file))
     sent = produce_events(producer, settings, records, total=total, show_progress=not args.quiet,
                           rate=args.rate)  # fmt: skip
     producer.close()
@@ -505,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"settings: {exc}", file=sys.stderr)
         return 2
+    except (SourceError, FileNotFoundError) as exc:  # an input file or folder the user named
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

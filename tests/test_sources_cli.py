@@ -4,7 +4,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.sources import movielens_events, movielens_items, rating_to_type, read_csv, read_jsonl
+import pytest
+
+from models.sources import (
+    SourceError,
+    movielens_events,
+    movielens_items,
+    rating_to_type,
+    read_csv,
+    read_jsonl,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,3 +81,48 @@ def test_broker_cli_start_status_stop(tmp_path):
         stopped = cli("stop")
     assert stopped.stdout.strip() == "stopped"
     assert cli("status").returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "e.jsonl",
+            '{"type": "click", "event_id": "a"}\nnot json\n',
+            r"e.jsonl:2: not JSON \(Expecting value",
+        ),
+        ("e.jsonl", '\n{"type": "click"}\n[1, 2]\n', r"e.jsonl:3: not a JSON object"),
+        ("e.jsonl", '{"type": "view", "event_id": "a"}\n', r"e.jsonl:1: no valid 'type'"),
+        ("e.csv", "user_id,item_id,ts,type\nu1,i1,1,click\n", r"e.csv:1: the header lacks event_id"),
+        (
+            "e.csv",
+            "event_id,user_id,item_id,ts,type\ne1,u1,i1,1,click\ne2,u1,i2\n",
+            r"e.csv:3: not the header's 5",
+        ),
+        ("e.csv", "event_id,user_id,item_id,ts,type\ne1,u1,i1,1,click,x\n", r"e.csv:2: not the header's 5"),
+    ],
+)
+def test_a_line_that_cannot_become_an_event_is_named_by_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    reader = read_csv if name.endswith(".csv") else read_jsonl
+    with pytest.raises(SourceError, match=message):
+        list(reader(path))
+
+
+def test_produce_checks_the_whole_file_before_it_sends_anything(tmp_path):
+    """No broker listens at the address: the command never gets as far as one. Every line is read before
+    the first is sent, so a bad line near the end does not leave the file half in Kafka."""
+    events = tmp_path / "events.jsonl"
+    good = json.dumps({"type": "click", "event_id": "e1", "user_id": "u1", "item_id": "i1", "ts": 1})
+    events.write_text(good + "\n" + good.replace("e1", "e2") + "\n{oops\n")
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    command = [sys.executable, "-m", "streams.cli", "produce", str(events)]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(f"produce: {events}:3: not JSON (")
+    assert done.stderr.strip().endswith("; nothing was sent")
+    missing = subprocess.run([*command[:-1], str(tmp_path / "none.jsonl")], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert missing.returncode == 1 and "No such file or directory" in missing.stderr
+    assert "Traceback" not in done.stderr + missing.stderr
