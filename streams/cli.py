@@ -502,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw)
     args.raw_argv = raw[1:]
+    from kafka.errors import KafkaTimeoutError  # here, not at the top: `--help` needs no Kafka client
+
     try:
         return args.func(args) or 0
     except BrokerError as exc:
@@ -513,6 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, FileNotFoundError) as exc:  # an input file or folder the user named
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
+    except KafkaTimeoutError as exc:
+        if "bootstrap" not in str(exc):  # a broker that answered, then timed out: not a setup problem
+            raise
+        print(f"{args.command}: no Kafka broker answers at {_settings().broker}; start the local one with "
+              "`interest-stream broker start`, or set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)  # fmt: skip
+        return 2
 
 
 if __name__ == "__main__":

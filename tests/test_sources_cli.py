@@ -126,3 +126,15 @@ def test_produce_checks_the_whole_file_before_it_sends_anything(tmp_path):
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 1 and "No such file or directory" in missing.stderr
     assert "Traceback" not in done.stderr + missing.stderr
+
+
+def test_a_command_with_no_broker_to_reach_says_so_in_one_line(tmp_path):
+    """Nothing listens at the address (kafka-python gives up bootstrapping after 30 s)."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    command = [sys.executable, "-m", "streams.cli", "tail", "--idle-exit", "1"]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "tail: no Kafka broker answers at 127.0.0.1:1; start the local one with "
+        "`interest-stream broker start`, or set KAFKA_BOOTSTRAP_SERVERS"
+    )
