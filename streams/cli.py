@@ -147,8 +147,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     if folder is None:  # a file: every line is read once before anything is sent, so a bad one sends none
         try:
             total = sum(1 for _ in records)
-        except sources.SourceError as exc:
-            raise sources.SourceError(f"{exc}; nothing was sent") from None
+        except SourceError as exc:
+            raise SourceError(f"{exc}; nothing was sent") from None
         records, _ = _records(args)
     ensure_topics(settings)
     producer = make_producer(settings)
@@ -367,8 +367,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 trainer.kill()
             if args.keep_broker:
-                print(f"the demo's broker runs on at {info.bootstrap}; the other commands find it with "
-                      f"INTEREST_BROKER_DIR={broker.run_dir} (interest-stream tail, ... broker stop)",
+                print(f"the demo's broker is still running at {info.bootstrap}; other commands find it "
+                      f"with INTEREST_BROKER_DIR={broker.run_dir} (interest-stream tail, ... broker stop)",
                       file=sys.stderr)  # fmt: skip
             else:
                 broker.stop()
