@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,19 @@ from typing import Any
 import faust
 import rocksdict
 
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 
 # kafka-python (the admin client of the 30 s changelog check, ``streams.agents``) logs every connection at
 # INFO: about 20 lines every 30 s, which bury the worker's own lines in its log.
 logging.getLogger("kafka").setLevel(logging.WARNING)
 
-settings = Settings.load()
+try:
+    settings = Settings.load()
+except SettingsError as exc:
+    # `faust -A streams.app worker` imports this module through faust's loader: a traceback from here
+    # buries the one line that names the bad setting. Same words and exit status as `interest-stream`.
+    print(f"settings: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
 
 # Each table partition opens its own RocksDB with a 2 GiB block cache by default; keep it small.

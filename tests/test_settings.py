@@ -72,6 +72,20 @@ def test_the_cli_reports_a_bad_setting_in_one_line_without_a_traceback(tmp_path)
     assert done.stderr.strip() == "settings: INTEREST_TAU_S='ten': not a number"
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "streams.cli", "worker"], ["-m", "faust", "-A", "streams.app", "worker", "-l", "info"]],
+    ids=["interest-stream worker", "faust -A streams.app worker"],
+)
+def test_both_ways_to_start_a_worker_report_a_bad_setting_in_one_line(tmp_path, command):
+    env = dict(os.environ, INTEREST_WEIGHTS="click=a", INTEREST_STATE_DIR=str(tmp_path / "state"))
+    done = subprocess.run([sys.executable, *command], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    expected = "settings: INTEREST_WEIGHTS='click=a': not name=number pairs (click=1,cart=3)"
+    assert done.stderr.strip() == expected
+
+
 def test_each_state_dir_is_its_own_static_group_member():
     a = Settings.load({"INTEREST_STATE_DIR": "/tmp/w1"})
     b = Settings.load({"INTEREST_STATE_DIR": "/tmp/w2"})
