@@ -1,11 +1,16 @@
 """Worker throughput and latency on a real local broker, against the core alone, in one script.
 
-    python benchmarks/worker_throughput.py [--events N] [--sequence-model] [--recommendations]
+    python benchmarks/worker_throughput.py [--events N] [--users U] [--sequence-model] [--recommendations]
 
 Prints: broker start time, encoder texts/s (cold cache), core events/s (replay driver, warm cache), worker
 events/s end to end through Kafka (warm cache), their ratio, and the time from worker start to its first
 update; with ``--sequence-model``, a second worker that also serves the sequential model, and its ratio to
 the first. The worker reuses the embedding cache the baseline filled, so both sides measure the same work.
+
+The events are the MovieLens ratings in file order (610 users, one user's burst after another, so a
+micro-batch touches few users), or with ``--users U`` the generated stream of ``benchmarks/synthetic.py``
+(U users, Zipf item popularity), where a batch touches about as many users as it has events and per-user
+work (a state, an update, a recommended list) shows.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from streams.topics import ensure_topics  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--users", type=int, default=0,
+                    help="a generated Zipf stream over this many users, not MovieLens")  # fmt: skip
     ap.add_argument("--sequence-model", action="store_true",
                     help="also run a worker serving the sequential model")  # fmt: skip
     ap.add_argument("--recommendations", action="store_true",
@@ -62,7 +69,13 @@ def main() -> None:
                   for t in ("click", "cart", "order", "items", "updates", "dlq")})  # fmt: skip
     settings = Settings.load(env)
     items = movielens_items()
-    records = list(movielens_events(limit=args.events))
+    if args.users:
+        from benchmarks.synthetic import zipf_stream
+
+        records = list(zipf_stream(args.events, args.users))
+        print(f"stream: {args.events:,} generated events over {args.users:,} users (Zipf item popularity)")
+    else:
+        records = list(movielens_events(limit=args.events))
     used: dict[str, Item] = {e["item_id"]: items[e["item_id"]] for _, e in records}
 
     # Baseline 1: the encoder on a cold cache (the cache is the worker's, so it starts warm).

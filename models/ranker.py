@@ -30,6 +30,7 @@ import bisect
 import io
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -75,6 +76,25 @@ def mix(
         rest = rest[np.argpartition(-z_seq[rest], outside - 1)[:outside]] if outside else rest[:0]
     mixed = share * z_seq[items] + (1 - share) * z_ranker
     return np.concatenate([items, rest]), np.concatenate([mixed, share * z_seq[rest] + (1 - share) * floor])
+
+
+@dataclass(frozen=True)
+class TextHits:
+    """One user's text-index results, looked up ahead: ``NextItemRanker.text_hits_many`` searches the
+    index once for a whole batch of users instead of twice per user (a worker's micro-batch asks for many
+    lists at once). ``near``: the items nearest to the interest vector (None: the list has no text query);
+    ``fresh_query`` and ``fresh_near``: the fresh places' query and the items nearest to it (None: none)."""
+
+    near: np.ndarray | None
+    fresh_query: np.ndarray | None
+    fresh_near: np.ndarray | None
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` for short arrays: numpy 2's hash-based unique costs ~40 us on 300 values, a sort
+    ~8 us (a list's candidates are a few hundred)."""
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
 
 
 class NextItemRanker:
@@ -201,12 +221,13 @@ class NextItemRanker:
         return total
 
     def candidates(
-        self, history: Sequence[str], interest: np.ndarray | None
+        self, history: Sequence[str], interest: np.ndarray | None, hits: TextHits | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(item indices, their scores). Unbounded (``text_candidates`` = 0): every item. Bounded: only
         the items that can score well, so a query costs the same whatever the catalogue's size: the
         successors of the recent items (every item with sequence score), the ``text_candidates`` nearest
-        items to the interest vector (an HNSW index), and the ``popular_candidates`` most popular."""
+        items to the interest vector (an HNSW index, or ``hits`` looked up ahead), and the
+        ``popular_candidates`` most popular."""
         cfg = self.config
         seq_items, seq = self._sequence(history)
         seq_top = float(seq.max()) if len(seq) else 0.0
@@ -216,9 +237,12 @@ class NextItemRanker:
             items = np.arange(self.n_items)
             return items, self._score(items, full, seq_top, interest)
         parts = [seq_items, self._most_popular()]
-        if cfg.text_weight and interest is not None and np.any(interest):
+        if hits is not None:
+            if hits.near is not None:
+                parts.append(hits.near)
+        elif self._has_text_query(interest):
             parts.append(self._nearest(interest, cfg.text_candidates))
-        items = np.unique(np.concatenate(parts))
+        items = _sorted_unique(np.concatenate(parts))
         full = np.zeros(len(items), np.float64)
         full[np.searchsorted(items, seq_items)] = seq
         return items, self._score(items, full, seq_top, interest)
@@ -230,14 +254,15 @@ class NextItemRanker:
         exclude: Iterable[str] = (),
         sequence: np.ndarray | None = None,
         keep: int | None = None,
+        hits: TextHits | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(item indices, scores) as the list is served: the candidates, mixed with the sequential model's
         scores ``sequence`` (every item, ``self.ids`` order) when given and ``sequence_mix`` > 0, then
         ``place_fresh``. ``keep``: only the list's first ``keep`` places are needed (a top k), so of the
         items outside the candidates only the best by ``sequence`` are scored; the top ``keep`` is the
-        same as over every item."""
+        same as over every item. ``hits``: the text index's results, looked up ahead (``text_hits_many``)."""
         exclude = list(exclude)
-        items, s = self.candidates(history, interest)
+        items, s = self.candidates(history, interest, hits)
         share = self.config.sequence_mix
         if sequence is not None and share > 0:
             if len(sequence) != self.n_items:
@@ -246,10 +271,15 @@ class NextItemRanker:
             # model's score: enough of its best cover any top ``keep`` after exclusions and fresh places.
             outside = None if keep is None else keep + len(exclude) + self.config.fresh_within
             items, s = mix(items, s, sequence, share, outside)
-        return self.place_fresh(items, s, history, exclude)
+        return self.place_fresh(items, s, history, exclude, hits)
 
     def place_fresh(
-        self, items: np.ndarray, s: np.ndarray, history: Sequence[str], exclude: Iterable[str] = ()
+        self,
+        items: np.ndarray,
+        s: np.ndarray,
+        history: Sequence[str],
+        exclude: Iterable[str] = (),
+        hits: TextHits | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``s`` of ``items`` with ``exclude`` left out (-inf) and the fresh items (``fresh``) scored
         just below the ``fresh_within - fresh_slots`` best others, so that any top k of the result is the
@@ -258,7 +288,7 @@ class NextItemRanker:
         s = np.array(s, dtype=np.float64)
         excluded = np.fromiter((self.index.get(i, -1) for i in exclude), np.int64)
         s[np.isin(items, excluded)] = -np.inf
-        fresh = self.fresh(history, excluded, self.config.fresh_slots)
+        fresh = self.fresh(history, excluded, self.config.fresh_slots, hits)
         if not len(fresh):
             return items, s
         missing = fresh[~np.isin(fresh, items)]  # not among the candidates: join them
@@ -272,26 +302,73 @@ class NextItemRanker:
             s[items == j] = place
         return items, s
 
-    def fresh(self, history: Sequence[str], excluded: np.ndarray, n: int) -> np.ndarray:
+    def fresh(
+        self, history: Sequence[str], excluded: np.ndarray, n: int, hits: TextHits | None = None
+    ) -> np.ndarray:
         """Up to ``n`` new items (no learned event), nearest by text to the recent items, best first. A
         bounded ranker looks among the ``text_candidates`` items nearest to that query, so the cost does not
         grow with the catalogue: where fewer new items are that near, fewer places are kept for them."""
-        cfg = self.config
         if n <= 0 or not self.n_items:
             return np.zeros(0, np.int64)
+        if hits is not None:
+            query, near = hits.fresh_query, hits.fresh_near
+        else:
+            query = self._fresh_query(history)
+            near = None if query is None else self._near_all(query)
+        if query is None or near is None:
+            return np.zeros(0, np.int64)
+        near = near[(self._pop[near] == 0) & ~np.isin(near, excluded)]
+        sims = self._emb[near] @ query
+        return near[np.lexsort((near, -sims))[:n]]
+
+    def _fresh_query(self, history: Sequence[str]) -> np.ndarray | None:
+        """The fresh places' query: the recent items' text, newest weighted most (``history_decay**k``),
+        unit length; None without one (no known recent item, or they cancel out)."""
+        cfg = self.config
         known = [self.index[i] for i in history[-cfg.history_len :] if i in self.index]
         if not known:
-            return np.zeros(0, np.int64)
+            return None
         weights = cfg.history_decay ** np.arange(len(known) - 1, -1, -1, dtype=np.float64)
         query = (weights[:, None] * self._emb[known]).sum(axis=0).astype(np.float32)
         norm = float(np.linalg.norm(query))
         if norm == 0:
-            return np.zeros(0, np.int64)
-        query /= np.float32(norm)
-        near = self._nearest(query, cfg.text_candidates) if cfg.text_candidates else np.arange(self.n_items)
-        near = near[(self._pop[near] == 0) & ~np.isin(near, excluded)]
-        sims = self._emb[near] @ query
-        return near[np.lexsort((near, -sims))[:n]]
+            return None
+        return query / np.float32(norm)
+
+    def _near_all(self, query: np.ndarray) -> np.ndarray:
+        """Where the fresh places look: the items nearest to ``query`` (bounded), or every item."""
+        return self._nearest(query, self.config.text_candidates) if self.config.text_candidates else \
+            np.arange(self.n_items)  # fmt: skip
+
+    def _has_text_query(self, interest: np.ndarray | None) -> bool:
+        return bool(self.config.text_weight and interest is not None and np.any(interest))
+
+    def text_hits_many(
+        self, histories: Sequence[Sequence[str]], interests: Sequence[np.ndarray | None]
+    ) -> list[TextHits]:
+        """Each user's ``TextHits``, with one text-index search for all the interest queries and one for
+        all the fresh queries: the same items as the per-user searches (each query is searched alone
+        inside the batch call, with the same settings)."""
+        cfg = self.config
+        n = len(histories)
+        near: list[np.ndarray | None] = [None] * n
+        if cfg.text_candidates:
+            asks = [k for k in range(n) if self._has_text_query(interests[k])]
+            found = self._nearest_many([interests[k] for k in asks], cfg.text_candidates)
+            for k, f in zip(asks, found, strict=True):
+                near[k] = f
+        fresh_query: list[np.ndarray | None] = [None] * n
+        fresh_near: list[np.ndarray | None] = [None] * n
+        if cfg.fresh_slots > 0 and self.n_items:
+            fresh_query = [self._fresh_query(h) for h in histories]
+            asks = [k for k in range(n) if fresh_query[k] is not None]
+            if cfg.text_candidates:
+                found = self._nearest_many([fresh_query[k] for k in asks], cfg.text_candidates)
+            else:
+                found = [np.arange(self.n_items)] * len(asks)
+            for k, f in zip(asks, found, strict=True):
+                fresh_near[k] = f
+        return [TextHits(near[k], fresh_query[k], fresh_near[k]) for k in range(n)]
 
     def scores(
         self,
@@ -314,10 +391,11 @@ class NextItemRanker:
         k: int,
         exclude: Iterable[str] = (),
         sequence: np.ndarray | None = None,
+        hits: TextHits | None = None,
     ) -> list[tuple[str, float]]:
         """The top ``k`` items (id, score), leaving out ``exclude`` (e.g. what the user already has);
         mixed with the sequential model's scores ``sequence`` when given (see ``ranked``)."""
-        items, s = self.ranked(history, interest, exclude, sequence, keep=k)
+        items, s = self.ranked(history, interest, exclude, sequence, keep=k, hits=hits)
         k = min(k, int(np.isfinite(s).sum()))
         top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, np.int64)
         top = top[np.lexsort((items[top], -s[top]))]  # by score, ties by item index
@@ -347,8 +425,13 @@ class NextItemRanker:
     def _nearest(self, vector: np.ndarray, k: int) -> np.ndarray:
         """Item indices nearest to ``vector`` in the text index. The index may be shared with a newer
         snapshot's ranker that has already added its new items (``adopt_index``): those are left out."""
-        found = self._text_index().search(vector, k)
-        return found[found < self.n_items]
+        return self._nearest_many([vector], k)[0]
+
+    def _nearest_many(self, vectors: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
+        if not len(vectors):
+            return []
+        found = self._text_index().search_many(np.stack(vectors), k)
+        return [f[f < self.n_items] for f in found]
 
     def prepare_index(self) -> None:
         """Build (or extend) the text index now, e.g. in a loader thread before the ranker serves."""
@@ -469,9 +552,15 @@ class TextIndex:
             self.size = n
 
     def search(self, query: np.ndarray, k: int) -> np.ndarray:
+        return self.search_many(query[None, :], k)[0]
+
+    def search_many(self, queries: np.ndarray, k: int) -> list[np.ndarray]:
+        """The ``k`` nearest items of each row of ``queries``. hnswlib searches each row on its own (one
+        thread here), so a row's result does not depend on the other rows."""
         k = min(k, self.size)
         if k == 0:
-            return np.zeros(0, np.int64)
+            return [np.zeros(0, np.int64) for _ in range(len(queries))]
         with self._lock:
             self._index.set_ef(max(self.search_expansion, k))
-            return self._index.knn_query(query.astype(np.float32)[None, :], k=k)[0][0].astype(np.int64)
+            labels = self._index.knn_query(np.asarray(queries, np.float32), k=k, num_threads=1)[0]
+        return list(labels.astype(np.int64))

@@ -339,11 +339,10 @@ async def add_model_outputs(core: InterestCore, updates: list[InterestUpdate], s
     touched = {u.user_id: states[u.user_id] for u in updates}
     vectors = await sequence_vectors(core, touched)
     learned = served_model.model.learned_events  # the snapshot in force now (one may have loaded meanwhile)
-    k = settings.recommendations_k
+    lists = served_model.recommend_many(touched, settings.recommendations_k, vectors)
     for update in updates:
-        vector = vectors[update.user_id]
-        update.recommendations = served_model.recommend(touched[update.user_id], k, vector)
-        update.sequence = (vector, served_model.version, learned)
+        update.recommendations = lists[update.user_id]
+        update.sequence = (vectors[update.user_id], served_model.version, learned)
 
 
 async def sequence_vectors(core: InterestCore, states: dict[str, UserState]) -> dict[str, np.ndarray]:

@@ -283,14 +283,28 @@ class ServedModel:
         snapshot with a ranker is loaded. With the user's vector from the snapshot's sequential model
         (``user_vectors``), the ranker's scores mixed with the model's (``InterestConfig.sequence_mix``),
         as ``evaluate``'s ``mix`` rows rank; without it, the ranker alone, as its ``default`` row."""
-        if self.ranker is None or k <= 0:
-            return None
-        sequence = None
-        if user_vector is not None and self.item_vectors is not None:
-            sequence = self.item_vectors @ np.asarray(user_vector, np.float32)
-        return self.ranker.recommend(
-            state.recent_items, state.embedding(), k, exclude=state.recent_items, sequence=sequence
-        )
+        return self.recommend_many({"": state}, k, {"": user_vector})[""]
+
+    def recommend_many(
+        self, states: dict[str, UserState], k: int, user_vectors: dict[str, np.ndarray | None]
+    ) -> dict[str, list[tuple[str, float]] | None]:
+        """``recommend`` for every user of a micro-batch: the same lists, with the text index searched
+        once for all of them (``NextItemRanker.text_hits_many``) rather than twice per user."""
+        ranker = self.ranker
+        if ranker is None or k <= 0:
+            return dict.fromkeys(states)
+        users = list(states)
+        interests = [states[u].embedding() for u in users]
+        hits = ranker.text_hits_many([states[u].recent_items for u in users], interests)
+        out: dict[str, list[tuple[str, float]] | None] = {}
+        for user, interest, found in zip(users, interests, hits, strict=True):
+            state, vector = states[user], user_vectors.get(user)
+            sequence = None
+            if vector is not None and self.item_vectors is not None:
+                sequence = self.item_vectors @ np.asarray(vector, np.float32)
+            out[user] = ranker.recommend(state.recent_items, interest, k, exclude=state.recent_items,
+                                         sequence=sequence, hits=found)  # fmt: skip
+        return out
 
 
 def _partitions(settings) -> dict[str, list[int]]:  # noqa: ANN001

@@ -303,3 +303,28 @@ def test_a_mix_share_of_zero_or_no_model_scores_serve_the_ranker_alone():
     assert off.recommend(history, interest, 10, history, sequence) == alone
     with pytest.raises(ValueError, match="sequence scores for 3 items"):
         r.recommend(history, interest, 10, history, sequence[:3])
+
+
+@pytest.mark.parametrize("cfg", [CFG, UNBOUNDED, InterestConfig(text_candidates=10)],
+                         ids=["bounded", "unbounded", "few-candidates"])  # fmt: skip
+def test_a_batch_of_lists_is_each_users_own_list(cfg):
+    """The worker asks for a micro-batch's lists at once (one text-index search for all users): each list
+    is exactly the one a single query gives (the API's), with new items, users without history or
+    interest, and with and without the model's scores."""
+    from dataclasses import replace
+
+    r = _with_new_items(replace(cfg, sequence_mix=0.5, fresh_slots=2))
+    rng = np.random.default_rng(11)
+    histories = [[f"i{k}" for k in rng.integers(0, 60, rng.integers(0, 8))] for _ in range(40)]
+    histories += [[], ["unknown-item"], ["new3"]]
+    interests = [unit(3000 + n) if n % 5 else None for n in range(len(histories))]
+    interests[1] = np.zeros(DIM, np.float32)  # an interest vector with nothing in it yet
+    hits = r.text_hits_many(histories, interests)
+    assert len(hits) == len(histories)
+    served = []
+    for n, (history, interest, found) in enumerate(zip(histories, interests, hits, strict=True)):
+        sequence = rng.normal(size=r.n_items) if n % 3 else None
+        alone = r.recommend(history, interest, 10, history, sequence)
+        assert r.recommend(history, interest, 10, history, sequence, hits=found) == alone
+        served += [i for i, _ in alone]
+    assert any(i.startswith("new") for i in served)  # the fresh places' search is in the batch too
