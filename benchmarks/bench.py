@@ -1,4 +1,4 @@
-"""``interest-stream bench``: every speed figure of the README in one run, as JSON and markdown.
+"""``interest-stream bench``: every speed figure of docs/performance.md in one run, as JSON and markdown.
 
 Sections (each also runs alone from its own script):
 

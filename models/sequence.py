@@ -14,7 +14,7 @@ an item it has never seen. This model is SASRec-shaped but built for a stream:
   term of that share of items, so the text path alone learns to score items as their IDs do (the
   DropoutNet idea). Both rank new items better among new items, and both cost validation Recall@10 over
   all items on MovieLens, where an item nobody has touched is mostly one nobody wants: validation keeps
-  them off (README, "New items").
+  them off (docs/evaluation.md, "New items").
 - **User**: a small causal transformer over the user's last ``max_len`` events, each the item's ``r_i``
   plus an event-type embedding, a time-gap bucket (log2 of seconds since the user's previous event) and
   a position. The user vector ``u`` is the output at the newest event; ``score(i) = u . r_i``.

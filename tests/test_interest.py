@@ -151,8 +151,8 @@ def test_state_round_trips_through_bytes_within_the_budget():
     profile = 10 + 2 * (6 + 2)
     # CFG's window (256) holds all 200 ids
     assert len(raw) == 32 + 8 + 4 * DIM + 12 + 24 + 8 * 200 + 2 + profile + 2
-    # all-MiniLM (384-d) with the default window: the budget the README states, plus the profile (here
-    # 20 categories of 2-3 characters, all within the last 5 minutes).
+    # all-MiniLM (384-d) with the default window: the budget docs/performance.md states, plus the
+    # profile (here 20 categories of 2-3 characters, all within the last 5 minutes).
     full = UserState.empty(384, CFG.dedup_window)
     for i in range(300):
         full.add(f"e{i}", 1e9 + i, "click", np.ones(384, np.float32), CFG, categories=(f"g{i % 20}",))
