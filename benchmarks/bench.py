@@ -91,7 +91,9 @@ def run(sections: tuple[str, ...] = SECTIONS, quick: bool = False, out: Path = R
             result["pipeline"] = pipeline.run(20_000, 10_000, (1000,), 10.0, cold=False)
         else:
             loads = (200, 500, 1000, 5000, 0)
-            result["pipeline"] = pipeline.run(50_000, 10_000, loads, 20.0, cold=True, base64=True)
+            result["pipeline"] = pipeline.run(
+                50_000, 10_000, loads, 20.0, cold=True, base64=True, snapshot=True
+            )
     if "growth" in sections:
         from benchmarks import growth
 
@@ -156,8 +158,9 @@ def markdown(r: dict[str, Any]) -> str:
             "| run | events/s | first update after start | peak RSS | state bytes on disk per user |",
             "|---|---|---|---|---|",
         ]
-        labels = {"warm": "warm cache", "cold": "cold cache", "warm_base64": "warm cache, base64 vectors"}
-        for name in ("warm", "cold", "warm_base64"):
+        labels = {"warm": "warm cache", "cold": "cold cache", "warm_base64": "warm cache, base64 vectors",
+                  "warm_snapshot": "warm cache, serving a model snapshot (vectors, lists)"}  # fmt: skip
+        for name in ("warm", "cold", "warm_base64", "warm_snapshot"):
             if name in p:
                 w = p[name]
                 lines.append(

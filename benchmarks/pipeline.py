@@ -1,6 +1,6 @@
 """One worker on a real broker: sustained throughput, event -> update latency, memory and state size.
 
-    python benchmarks/pipeline.py [--events N] [--users U] [--loads 1000,5000] [--out DIR]
+    python benchmarks/pipeline.py [--events N] [--users U] [--loads 1000,5000] [--snapshot] [--out DIR]
 
 The stream is ``benchmarks/synthetic.py``'s: U users (10,000 by default), MovieLens items with Zipf
 popularity. Each scenario runs a fresh worker (``interest-stream worker``, default settings) on fresh
@@ -9,6 +9,10 @@ topics of one broker (started here unless ``KAFKA_BOOTSTRAP_SERVERS`` is set):
 - **throughput, warm cache**: N events are in the topics before the worker starts; events/s from its
   first update to the update that completes the last user. The embedding cache holds every item.
 - **throughput, cold cache**: the same with an empty embedding cache (the encoder runs in the stream).
+- **throughput, serving a snapshot** (``--snapshot``): warm cache, with a model snapshot on the model topic
+  (``benchmarks/snapshot.py``: the ranker learned on the stream, an untrained sequence model), so that
+  every update carries the model's user vector and ``INTEREST_RECOMMENDATIONS_K`` recommendations, as a
+  worker whose trainer runs serves them.
 - **latency at an offered load**: a running, caught-up worker (warm cache, 15 s of warm-up at 100 events/s);
   a producer sends at a fixed
   rate for ``--seconds``; the latency of an event is from its send to the receipt of the first update
@@ -39,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
@@ -125,11 +130,18 @@ class Worker:
                 self.proc.wait()
 
 
-def throughput(bootstrap: str, work: Path, records, items, cache: Path | None, tag: str, env=None) -> dict:  # noqa: ANN001
-    """events/s from the first update to the last of a worker started on a full backlog."""
+def throughput(bootstrap: str, work: Path, records, items, cache: Path | None, tag: str, env=None,  # noqa: ANN001
+               snapshot: bytes | None = None) -> dict:  # fmt: skip
+    """events/s from the first update to the last of a worker started on a full backlog (with
+    ``snapshot`` on its model topic: the bundled models it then serves in every update)."""
     worker = Worker(bootstrap, work, tag, cache, env or {})
     worker.send_items(items)
     producer = worker.producer()
+    if snapshot is not None:
+        from streams.model_sync import snapshot_records
+
+        for key, value in snapshot_records(snapshot, 1, 0):
+            producer.send(worker.settings.model_topic, key=key, value=value)
     for etype, event in records:
         producer.send(worker.settings.topic_for(etype), key=event["user_id"].encode(),
                       value=json.dumps(event).encode())  # fmt: skip
@@ -253,13 +265,14 @@ def _wait_for(done, timeout_s: float, worker: Worker) -> None:
         time.sleep(0.05)
 
 
-def warm_cache(work: Path, items: dict[str, Item]) -> Path:
-    """An embedding cache holding every item (the encoder as the worker configures it)."""
+def warm_cache(work: Path, items: dict[str, Item]) -> tuple[Path, dict[str, np.ndarray]]:
+    """An embedding cache holding every item (the encoder as the worker configures it), and the items'
+    vectors by item id."""
     state = work / "warm"
     core = build_core(Settings.load(dict(os.environ, INTEREST_STATE_DIR=str(state))))
-    core.embed(list(items.values()))
+    by_text = core.embed(list(items.values()))
     core.encoder.close()
-    return state / "embedding-cache"
+    return state / "embedding-cache", {i: by_text[item.encoder_text] for i, item in items.items()}
 
 
 def machine() -> dict:
@@ -274,7 +287,8 @@ def machine() -> dict:
 
 
 def run(events: int = 50_000, users: int = 10_000, loads: tuple = (1000, 5000, 0), seconds: float = 20.0,
-        cold: bool = True, base64: bool = False, work: Path | None = None) -> dict:  # fmt: skip
+        cold: bool = True, base64: bool = False, work: Path | None = None,
+        snapshot: bool = False) -> dict:  # fmt: skip
     work = work or Path(tempfile.mkdtemp(prefix="interest-pipeline-"))
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -288,9 +302,15 @@ def run(events: int = 50_000, users: int = 10_000, loads: tuple = (1000, 5000, 0
         all_items = {i: catalogue[i] for i in catalogue}
         stream = {"events": events, "users": users, "items": len(items), "zipf_exponent": DEFAULT_EXPONENT}
         result: dict = {"machine": machine(), "stream": stream}
-        cache = warm_cache(work, all_items)
+        cache, vectors = warm_cache(work, all_items)
         result["warm"] = throughput(bootstrap, work, records, items, cache, "warm")
         print(f"  warm cache: {result['warm']}", flush=True)
+        if snapshot:
+            from benchmarks.snapshot import served_snapshot
+
+            served = served_snapshot(records, {i: vectors[i] for i in items}, Settings.load().model)
+            result["warm_snapshot"] = throughput(bootstrap, work, records, items, cache, "snap", None, served)
+            print(f"  warm cache, serving a model snapshot: {result['warm_snapshot']}", flush=True)
         if base64:
             env = {"INTEREST_UPDATE_VECTORS": "base64"}
             result["warm_base64"] = throughput(bootstrap, work, records, items, cache, "b64", env)
@@ -316,10 +336,12 @@ def main() -> None:
     ap.add_argument(
         "--base64", action="store_true", help="also a warm run with INTEREST_UPDATE_VECTORS=base64"
     )
+    ap.add_argument("--snapshot", action="store_true", help="also a warm run serving a model snapshot")
     ap.add_argument("--out", type=Path, default=None, help="write pipeline.json here")
     args = ap.parse_args()
     loads = tuple(int(x) for x in args.loads.split(",") if x.strip())
-    result = run(args.events, args.users, loads, args.seconds, not args.no_cold, args.base64)
+    result = run(args.events, args.users, loads, args.seconds, not args.no_cold, args.base64,
+                 snapshot=args.snapshot)  # fmt: skip
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

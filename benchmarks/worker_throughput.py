@@ -112,18 +112,9 @@ def main() -> None:
         print(f"worker with the sequential model: {seq_rate:,.0f} events/s "
               f"({seq_rate / rate:.2f} of the worker without it)")  # fmt: skip
     if args.recommendations:
-        from models.ranker import NextItemRanker, RecentItems
-        from models.sequence import SequenceModel
-        from streams.model_sync import bundle
+        from benchmarks.snapshot import served_snapshot
 
-        # The ranker as the trainer would publish it after these events (every item added by its text).
-        ranker = NextItemRanker(settings.model, core.dim)
-        ranker.add_items(item_vectors.items())
-        recent = RecentItems(settings.model.history_len)
-        for _, e in sorted(records, key=lambda r: (r[1]["ts"], str(r[1]["event_id"]))):
-            ranker.learn(recent.items(e["user_id"]), e["item_id"], item_vectors[e["item_id"]])
-            recent.add(e["user_id"], float(e["ts"]), e["item_id"])
-        snapshot = bundle(SequenceModel(core.dim).to_bytes(), ranker.to_bytes())
+        snapshot = served_snapshot(records, item_vectors, settings.model)
         rec_rate, _ = run_worker(bootstrap, env, run, "recs", records, used, expected, work, snapshot)
         print(f"worker with the sequential model and recommendations (the mix, share "
               f"{settings.model.sequence_mix}): {rec_rate:,.0f} events/s "
