@@ -336,9 +336,13 @@ class NextItemRanker:
         return query / np.float32(norm)
 
     def _near_all(self, query: np.ndarray) -> np.ndarray:
-        """Where the fresh places look: the items nearest to ``query`` (bounded), or every item."""
-        return self._nearest(query, self.config.text_candidates) if self.config.text_candidates else \
-            np.arange(self.n_items)  # fmt: skip
+        return self._near_all_many([query])[0]
+
+    def _near_all_many(self, queries: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Where the fresh places look, per query: the items nearest to it (bounded), or every item."""
+        if self.config.text_candidates:
+            return self._nearest_many(queries, self.config.text_candidates)
+        return [np.arange(self.n_items)] * len(queries)
 
     def _has_text_query(self, interest: np.ndarray | None) -> bool:
         return bool(self.config.text_weight and interest is not None and np.any(interest))
@@ -362,10 +366,7 @@ class NextItemRanker:
         if cfg.fresh_slots > 0 and self.n_items:
             fresh_query = [self._fresh_query(h) for h in histories]
             asks = [k for k in range(n) if fresh_query[k] is not None]
-            if cfg.text_candidates:
-                found = self._nearest_many([fresh_query[k] for k in asks], cfg.text_candidates)
-            else:
-                found = [np.arange(self.n_items)] * len(asks)
+            found = self._near_all_many([fresh_query[k] for k in asks])
             for k, f in zip(asks, found, strict=True):
                 fresh_near[k] = f
         return [TextHits(near[k], fresh_query[k], fresh_near[k]) for k in range(n)]
