@@ -44,6 +44,8 @@ def standardised(s: np.ndarray) -> np.ndarray:
     ranker's candidates) ties with its lowest, so the other part of a mix can still rank it."""
     s = np.asarray(s, dtype=np.float64)
     ranked = np.isfinite(s)
+    if ranked.all():  # a model's scores of every item: the same floats without the masked copies
+        return (s - s.mean()) / (s.std() + 1e-12)
     if not ranked.any():
         return np.zeros(len(s))
     values = s[ranked]
@@ -106,6 +108,9 @@ class NextItemRanker:
         self._emb = np.zeros((0, dim), np.float32)
         self._pop = np.zeros(0, np.float64)
         self.successors: list[dict[int, float]] = []
+        # Each scored row of ``successors`` as (indices, counts) arrays, until the row changes: a served
+        # snapshot never learns, so a worker reads each row out of its dict once, not once per list.
+        self._row_arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._out = np.zeros(0, np.float64)
         self._pop_max = 0.0
         self._learned = 0  # events learned: the popular candidates are recomputed after new ones
@@ -159,6 +164,7 @@ class NextItemRanker:
     def _count(self, i: int, j: int, w: float) -> None:
         row = self.successors[i]
         row[j] = row.get(j, 0.0) + w
+        self._row_arrays.pop(i, None)
         self._out[i] += w
         kept = self.config.successors_kept
         if kept and len(row) >= 2 * kept:
@@ -177,16 +183,27 @@ class NextItemRanker:
             i = self.index.get(prev)
             if i is None or not self.successors[i]:
                 continue
-            row = self.successors[i]
-            idx.append(np.fromiter(row.keys(), np.int64, len(row)))
-            val.append((cfg.history_decay**k / (self._out[i] + 1.0) ** cfg.degree_power)
-                       * np.fromiter(row.values(), np.float64, len(row)))  # fmt: skip
+            cols, counts = self._row(i)
+            idx.append(cols)
+            val.append((cfg.history_decay**k / (self._out[i] + 1.0) ** cfg.degree_power) * counts)
         if not idx:
             return np.zeros(0, np.int64), np.zeros(0, np.float64)
         items, where = np.unique(np.concatenate(idx), return_inverse=True)
         seq = np.zeros(len(items), np.float64)
         np.add.at(seq, where, np.concatenate(val))
         return items, seq
+
+    def _row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``i`` of the successor counts as arrays (successor indices, counts), in the dict's order."""
+        arrays = self._row_arrays.get(i)
+        if arrays is None:
+            row = self.successors[i]
+            arrays = (
+                np.fromiter(row.keys(), np.int64, len(row)),
+                np.fromiter(row.values(), np.float64, len(row)),
+            )
+            self._row_arrays[i] = arrays
+        return arrays
 
     def sequence_scores(self, history: Sequence[str]) -> np.ndarray:
         seq = np.zeros(self.n_items, np.float64)
@@ -287,19 +304,28 @@ class NextItemRanker:
         over the ranker's items can be placed (``evaluate``'s mixes use it too)."""
         s = np.array(s, dtype=np.float64)
         excluded = np.fromiter((self.index.get(i, -1) for i in exclude), np.int64)
-        s[np.isin(items, excluded)] = -np.inf
+        for j in excluded:  # a few ids: one comparison each beats np.isin's sorts
+            s[items == j] = -np.inf
         fresh = self.fresh(history, excluded, self.config.fresh_slots, hits)
         if not len(fresh):
             return items, s
-        missing = fresh[~np.isin(fresh, items)]  # not among the candidates: join them
-        items = np.concatenate([items, missing])
-        s = np.concatenate([s, np.full(len(missing), -np.inf)])
-        others = np.sort(s[~np.isin(items, fresh) & np.isfinite(s)])[::-1]
-        above = self.config.fresh_within - len(fresh)  # others placed before the fresh items
-        place = others[min(above, len(others)) - 1] if len(others) else 0.0
-        for j in fresh:  # just below ``place``, best first, one float step apart
+        where = [np.flatnonzero(items == j) for j in fresh]
+        missing = [j for j, w in zip(fresh, where, strict=True) if not len(w)]  # not among the candidates
+        if missing:
+            at = {j: len(items) + n for n, j in enumerate(missing)}
+            where = [w if len(w) else np.array([at[j]]) for j, w in zip(fresh, where, strict=True)]
+            items = np.concatenate([items, np.asarray(missing, items.dtype)])
+            s = np.concatenate([s, np.full(len(missing), -np.inf)])
+        others = s.copy()
+        for w in where:
+            others[w] = -np.inf
+        others = others[np.isfinite(others)]
+        above = min(self.config.fresh_within - len(fresh), len(others))  # others placed before the fresh
+        # ``above``-th largest of the others (a partition, not a sort: only that value is needed)
+        place = np.partition(others, len(others) - above)[len(others) - above] if len(others) else 0.0
+        for w in where:  # just below ``place``, best first, one float step apart
             place = np.nextafter(place, -np.inf)
-            s[items == j] = place
+            s[w] = place
         return items, s
 
     def fresh(

@@ -42,6 +42,25 @@ def test_counts_follow_the_documented_rule():
     assert r.successors[b] == {a: 0.25, c: 1.0}
 
 
+def test_scores_between_events_are_those_of_a_ranker_that_learned_everything_at_once():
+    """Scoring keeps each row's counts as arrays until the row changes; learning in between must show."""
+    rng = np.random.default_rng(3)
+    stream = [(f"u{rng.integers(6)}", f"i{rng.integers(15)}") for _ in range(300)]
+    for cfg in (CFG, UNBOUNDED, InterestConfig(successors_kept=3)):
+        live, recent = NextItemRanker(cfg, DIM), RecentItems(cfg.history_len)
+        for n, (user, item) in enumerate(stream):
+            live.learn(recent.items(user), item, unit(int(item[1:])))
+            recent.add(user, float(n), item)
+            if n % 10 == 9:
+                again, replayed = NextItemRanker(cfg, DIM), RecentItems(cfg.history_len)
+                for m, (u, i) in enumerate(stream[: n + 1]):
+                    again.learn(replayed.items(u), i, unit(int(i[1:])))
+                    replayed.add(u, float(m), i)
+                for u in {u for u, _ in stream}:
+                    history = recent.items(u)
+                    assert np.array_equal(live.scores(history, unit(0)), again.scores(history, unit(0)))
+
+
 def test_text_and_popularity_rank_items_nobody_followed_yet():
     cfg = InterestConfig(popularity_weight=0.0)
     r = NextItemRanker(cfg, DIM)
