@@ -553,6 +553,12 @@ class TextIndex:
     ``benchmarks/ann.py``), extended as items join. One build thread and a fixed seed, so the same items
     give the same graph (evaluations repeat exactly)."""
 
+    search_threads = 1
+    """Threads of one batched search (``search_many``), at least ``QUERIES_PER_THREAD`` queries each. Every
+    query is searched alone, so the results do not depend on it. A worker sets its snapshots' from
+    ``INTEREST_SEARCH_THREADS``."""
+    QUERIES_PER_THREAD = 8  # hnswlib starts its threads per call: fewer queries are not worth one
+
     def __init__(
         self, dim: int, connections: int = 16, build_expansion: int = 128, search_expansion: int = 128
     ):
@@ -582,12 +588,13 @@ class TextIndex:
         return self.search_many(query[None, :], k)[0]
 
     def search_many(self, queries: np.ndarray, k: int) -> list[np.ndarray]:
-        """The ``k`` nearest items of each row of ``queries``. hnswlib searches each row on its own (one
-        thread here), so a row's result does not depend on the other rows."""
+        """The ``k`` nearest items of each row of ``queries``. hnswlib searches each row on its own, so a
+        row's result depends neither on the other rows nor on the number of threads."""
         k = min(k, self.size)
         if k == 0:
             return [np.zeros(0, np.int64) for _ in range(len(queries))]
         with self._lock:
             self._index.set_ef(max(self.search_expansion, k))
-            labels = self._index.knn_query(np.asarray(queries, np.float32), k=k, num_threads=1)[0]
+            threads = max(1, min(self.search_threads, len(queries) // self.QUERIES_PER_THREAD))
+            labels = self._index.knn_query(np.asarray(queries, np.float32), k=k, num_threads=threads)[0]
         return list(labels.astype(np.int64))

@@ -162,7 +162,9 @@ def read_states(partition: int, users: Sequence[str]) -> dict[str, UserState]:
 
 catalog = Catalog(settings.broker, settings.items_topic, Path(settings.state_dir) / "catalog")
 head_exchange = HeadExchange(settings.broker, heads.changelog_topic.get_topic_name(), settings.head_sync_s)
-served_model = ServedModel(settings.broker, settings.model_topic, config=settings.model)
+served_model = ServedModel(
+    settings.broker, settings.model_topic, config=settings.model, search_threads=settings.search_threads
+)
 
 
 @app.task

@@ -130,9 +130,15 @@ class ServedModel:
     gives the users a batch touched, and their recommendations."""
 
     def __init__(
-        self, bootstrap: str, topic: str, max_text_items: int = 100_000, config: InterestConfig | None = None
+        self,
+        bootstrap: str,
+        topic: str,
+        max_text_items: int = 100_000,
+        config: InterestConfig | None = None,
+        search_threads: int = 1,
     ) -> None:
         self.bootstrap, self.topic = bootstrap, topic
+        self.search_threads = search_threads  # of the text index's batched searches (same results)
         self.config = config or InterestConfig()
         self.model: SequenceModel | None = None
         self.ranker: NextItemRanker | None = None
@@ -183,6 +189,7 @@ class ServedModel:
         if ranked is not None and ranked.config.text_candidates:
             ranked.adopt_index(self.ranker)  # the previous snapshot's index, extended by the new items
             ranked.prepare_index()
+            ranked.text_index.search_threads = self.search_threads
         vectors = None
         mixed = ranked is not None and ranked.config.sequence_mix > 0 and ranked.n_items > 0
         if mixed and ranked.dim == model.net.text_proj.in_features:  # else another encoder's: unmixed

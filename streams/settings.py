@@ -115,6 +115,10 @@ class Settings:
     blas_threads: int = 1
     """Threads numpy's BLAS may use in a worker (0: its default, one per core). The worker's matrices
     are small, so more threads mostly add hand-offs (``streams.cli.limit_blas_threads``)."""
+    search_threads: int = 1
+    """Threads of the text index's search for a micro-batch's recommendations (the same lists with any
+    number; ``models.ranker.TextIndex.search_threads``). 1: on this project's 2-core machine, shared with
+    the broker, two threads did not raise a worker's rate (docs/performance.md)."""
     state_dir: str = str(REPO_ROOT / ".state" / "worker")
     web_port: int = 6066
     model: InterestConfig = field(default_factory=InterestConfig)
@@ -210,6 +214,8 @@ class Settings:
             raise ValueError(f"encoder_dtype {self.encoder_dtype} needs encoder_backend torch or auto")
         if self.encoder_threads < 0:
             raise ValueError("encoder_threads must be >= 0 (0: every core available to the process)")
+        if self.search_threads < 1:
+            raise ValueError("search_threads must be >= 1")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
 

@@ -287,3 +287,17 @@ def test_the_trainers_ranker_is_evaluates_default_ranker_and_a_worker_serves_it(
         assert got != served.recommend(state, 10)  # the model's share changed the list
         mixed_checked += 1
     assert mixed_checked >= 10
+
+
+def test_a_workers_snapshots_search_the_text_index_with_the_threads_it_was_given():
+    rng = np.random.default_rng(0)
+    served = ServedModel("unused:9092", "interest-model", search_threads=3)
+    ranker = NextItemRanker(served.config, 16)
+    for version, n_items in ((1, 40), (2, 60)):  # the second snapshot extends the first's index
+        vectors = rng.normal(size=(n_items, 16))
+        ranker.add_items((f"i{k}", v / np.linalg.norm(v)) for k, v in enumerate(vectors))
+        raw = model_sync.bundle(SequenceModel(16).to_bytes(), ranker.to_bytes())
+        for key, value in snapshot_records(raw, version, 0):
+            served._apply(key, value)
+        assert served.ranker is not None and served.ranker.n_items == n_items
+        assert served.ranker.text_index is not None and served.ranker.text_index.search_threads == 3

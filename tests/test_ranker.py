@@ -191,6 +191,38 @@ def test_the_text_index_finds_the_exact_neighbours():
     assert hits / 1000 >= 0.95
 
 
+def test_a_batched_search_finds_the_same_items_with_more_threads(monkeypatch):
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(2000, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = TextIndex(32)
+    index.sync(emb, 2000)
+    queries = emb[rng.integers(0, 2000, 64)] + 0.3 * rng.normal(size=(64, 32)).astype(np.float32)
+    alone = index.search_many(queries, 20)
+    calls = []
+    monkeypatch.setattr(index, "_index", _Spy(index._index, calls))
+    monkeypatch.setattr(TextIndex, "search_threads", 4)
+    threaded = index.search_many(queries, 20)
+    assert calls == [4]  # 64 queries: 4 threads of 16
+    assert all(np.array_equal(a, b) for a, b in zip(alone, threaded, strict=True))
+    index.search_many(queries[:9], 20)
+    assert calls[-1] == 1  # too few queries to be worth a second thread
+
+
+class _Spy:
+    """The hnswlib index, noting the thread count of each search."""
+
+    def __init__(self, index, calls: list) -> None:  # noqa: ANN001
+        self._index, self._calls = index, calls
+
+    def knn_query(self, queries, k: int, num_threads: int):  # noqa: ANN201, ANN001
+        self._calls.append(num_threads)
+        return self._index.knn_query(queries, k=k, num_threads=num_threads)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._index, name)
+
+
 def test_similar_items_come_from_the_index_and_match_exact_search():
     bounded, exact = _learned(CFG), _learned(UNBOUNDED)
     query = unit(7)
