@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from models.sources import SourceError
@@ -290,6 +291,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ends_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for the demo's children: the kernel sends each SIGTERM when the demo's process
+    ends, however it ends (Linux's ``prctl(PR_SET_PDEATHSIG)``; None elsewhere).
+
+    Ctrl-C and a finished demo stop them in ``cmd_demo``'s ``finally``; a demo killed by SIGKILL runs no
+    ``finally``, and its worker and trainer ran on, retrying a broker that the next demo stops, holding
+    their embedding caches' locks: that next demo then failed ("the trainer exited with code 1"). The
+    broker is left running (it outlives ``broker start`` by design); the next demo stops it first."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # looked up here: the child runs only the closure
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, for the thread that starts the child: the main one
+        if os.getppid() != parent:  # the demo died before the prctl: no signal will come
+            os._exit(1)
+
+    return preexec
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Local broker + worker + trainer + MovieLens replay + live view: the whole product on one machine.
 
@@ -321,14 +345,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     trainer_env = dict(env, INTEREST_STATE_DIR=str(state_dir.parent / "demo-trainer"))
     (state_dir.parent / "demo-trainer" / "trainer-checkpoint.pt").unlink(missing_ok=True)  # a fresh broker
     why = None
+    with_demo = _ends_with_this_process()
     with open(log_path, "wb") as log:
-        worker = subprocess.Popen([*exe, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        out = {"stdout": log, "stderr": subprocess.STDOUT, "preexec_fn": with_demo}
+        worker = subprocess.Popen([*exe, "worker"], env=env, **out)
         trainer = subprocess.Popen([*exe, "train", "--state-dir", trainer_env["INTEREST_STATE_DIR"]],
-                                   env=trainer_env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                                   env=trainer_env, **out)  # fmt: skip
         produce = [*exe, "produce", "--movielens", "--quiet"]
         if args.limit:
             produce += ["--limit", str(args.limit)]
-        producer = subprocess.Popen(produce, env=env, stdout=log, stderr=subprocess.STDOUT)
+        producer = subprocess.Popen(produce, env=env, **out)
 
         def failed() -> str | None:
             for name, proc in (("worker", worker), ("trainer", trainer)):

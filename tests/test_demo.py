@@ -3,10 +3,13 @@ trainer and the MovieLens sample, to the end."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 EVENTS = 600
 
 
-def run_demo(tmp_path: Path, *args: str, timeout_s: float = 300, **extra: str) -> subprocess.CompletedProcess:
+def demo_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(
         os.environ,
         INTEREST_BROKER_DIR=str(tmp_path / "broker"),
@@ -28,9 +31,13 @@ def run_demo(tmp_path: Path, *args: str, timeout_s: float = 300, **extra: str) -
         **extra,
     )
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return env
+
+
+def run_demo(tmp_path: Path, *args: str, timeout_s: float = 300, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", "demo", "--limit", str(EVENTS), *args],
-        env=env,
+        env=demo_env(tmp_path, **extra),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -98,3 +105,60 @@ def test_a_demo_whose_worker_cannot_start_ends_with_its_log(tmp_path):
     assert "exited with code 1" in done.stderr
     assert "no Hugging Face model folder" in done.stderr  # the log's end, with the cause
     assert LocalBroker(tmp_path / "demo-broker").status() is None
+
+
+def children(pid: int) -> dict[int, str]:
+    """pid -> command line of the processes ``pid`` started (Linux /proc)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):  # it ended meanwhile
+                out[int(child)] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent (init, here) has yet to reap it
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the children's end is Linux's prctl")
+def test_a_demo_killed_outright_takes_its_worker_and_trainer_with_it(tmp_path):
+    """``kill -9`` runs none of the demo's clean-up. Its worker and trainer used to run on, retrying a
+    broker the next demo stops and holding their embedding caches' locks, so the next demo failed at once
+    ("the trainer exited with code 1"). Now they end with it, and the next demo runs."""
+    log = (tmp_path / "demo.out").open("wb")
+    demo = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo"], env=demo_env(tmp_path), cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        started: dict[int, str] = {}
+        while time.monotonic() < deadline and demo.poll() is None:
+            started = {p: c for p, c in children(demo.pid).items() if "streams.cli" in c}
+            if any(" worker" in c for c in started.values()) and any(" train" in c for c in started.values()):
+                break
+            time.sleep(0.5)
+        assert demo.poll() is None and len(started) >= 2, (tmp_path / "demo.out").read_text()[-3000:]
+        time.sleep(10)  # well into their start-up (imports, the broker's first round trips)
+        demo.kill()
+        demo.wait(10)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and any(alive(p) for p in started):
+            time.sleep(0.5)
+        running = {p: c for p, c in started.items() if alive(p)}
+        for p in running:  # the test leaves nothing behind whatever it found
+            os.kill(p, signal.SIGKILL)
+        assert not running, f"still running 90 s after the demo was killed: {running}"
+
+        done = run_demo(tmp_path)  # stops the broker the killed demo left, as its first step
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert f"all {EVENTS} events applied" in done.stderr
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        log.close()
+        LocalBroker(tmp_path / "demo-broker").stop()
