@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import threading
 import time
 import weakref
 from collections import defaultdict
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faust
 import faust.streams
 import faust.types
 import numpy as np
@@ -180,6 +182,32 @@ async def follow_model_snapshots() -> None:
 @app.task
 async def follow_head_replicas() -> None:
     await head_exchange.run()
+
+
+@app.task
+async def bound_the_stop() -> None:
+    watch_the_stop(app, settings.stop_grace_s)
+
+
+def watch_the_stop(service: faust.App, grace_s: float) -> threading.Thread:
+    """Exit the process if ``service`` has been stopping for ``grace_s`` (``Settings.stop_grace_s``).
+
+    A thread, since the event loop is what may be stuck: a worker whose broker went away while a batch
+    waited for its acknowledgement was still in faust's "Wait for streams..." 150 s after SIGTERM."""
+
+    def watch() -> None:
+        while not service.should_stop:
+            time.sleep(0.5)
+        time.sleep(grace_s)
+        log.error("still stopping %.0f s after the stop began (a broker that does not answer?): exiting now, "
+                  "as kill -9 would; nothing is lost, the next start goes on from the committed offsets",
+                  grace_s)  # fmt: skip
+        logging.shutdown()
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="stop-deadline", daemon=True)
+    thread.start()
+    return thread
 
 
 def resolve(event: Event) -> Item:

@@ -82,6 +82,11 @@ class Settings:
     (a worker's identity is its state), so two workers never share one."""
     session_timeout_s: float = 10.0
     """How long the group waits for a silent worker before its partitions move to the others."""
+    stop_grace_s: float = 30.0
+    """How long a stopping worker (SIGTERM, Ctrl-C) may take before it exits without the rest of its
+    stop. faust's stop first waits for the batch in hand, which waits for the broker's acknowledgement:
+    with the broker gone, for ever. Exiting then is what ``kill -9`` does, which loses nothing (offsets
+    are committed only for batches whose effects are durable: ``streams/checkpoint.py``)."""
     head_sync_s: float = 30.0
     """Every this many seconds per partition, its head replica folds in the other partitions' replicas
     (``streams/replicas.py``), so all workers train one shared head; 0 keeps the replicas apart."""
@@ -204,8 +209,8 @@ class Settings:
             raise ValueError("session_timeout_s must be >= 6, max_future_s >= 0, max_fetch_bytes >= 1 MiB")
         if not 0 <= self.recommendations_k <= 100:
             raise ValueError("recommendations_k must be within 0..100")
-        if self.model_sync_s <= 0:
-            raise ValueError("model_sync_s must be > 0")
+        if self.model_sync_s <= 0 or self.stop_grace_s <= 0:
+            raise ValueError("model_sync_s and stop_grace_s must be > 0")
         if self.encoder_backend not in BACKENDS:
             raise ValueError(f"encoder_backend must be one of {BACKENDS}, got {self.encoder_backend!r}")
         if self.encoder_dtype not in DTYPES:

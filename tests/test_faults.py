@@ -7,8 +7,14 @@ The full-size run (20 kills in 100,000 events, ...) is ``make faults``, which wr
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import faults
 import pytest
+from test_integration import REPO, start_worker, wait_for, worker_env, worker_ready
 
 from streams.devbroker import LocalBroker
 
@@ -60,3 +66,36 @@ def test_poison_fuzzed_and_misrouted_input(kafka_bootstrap, encoder, tmp_path):
 
 def test_flood_drains_without_loss(kafka_bootstrap, encoder, tmp_path):
     check(faults.backpressure(kafka_bootstrap, tmp_path, encoder, seconds=3, users=1000))
+
+
+def test_a_worker_asked_to_stop_after_its_broker_went_away_exits_within_its_grace(tmp_path):
+    """faust's stop waits for the batch in hand, which waits for the broker's acknowledgement: with the
+    broker gone, a worker was still stopping 150 s after SIGTERM. ``INTEREST_STOP_GRACE_S`` bounds that
+    (and an exit then is a kill -9, which the scenarios above show loses nothing)."""
+    broker = LocalBroker(tmp_path / "own-broker")
+    info = broker.start()
+    proc = None
+    try:
+        env = worker_env(info.bootstrap, "stop-grace", tmp_path, INTEREST_STOP_GRACE_S="5")
+        subprocess.run([sys.executable, "-m", "streams.cli", "produce", "--movielens", "--quiet", "--limit",
+                        "30000"], env=env, cwd=REPO, check=True, capture_output=True)  # fmt: skip
+        log = tmp_path / "worker.log"
+        proc = start_worker(env, log)
+        port = int(env["INTEREST_WEB_PORT"])
+        wait_for(lambda: worker_ready(port).get("applied", 0) > 1000, 180, "the worker applying", log)
+        broker.stop()  # in the middle of the backlog
+        time.sleep(3)
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still stopping 60 s after SIGTERM:\n{log.read_text(errors='replace')[-3000:]}")
+        took = time.monotonic() - asked
+        assert took < 5 + 15, took
+        if code != 0:  # it did not stop by itself: the grace ran out, and it said so
+            assert "exiting now, as kill -9 would" in log.read_text(errors="replace")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        broker.stop()
