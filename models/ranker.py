@@ -309,16 +309,12 @@ class NextItemRanker:
         fresh = self.fresh(history, excluded, self.config.fresh_slots, hits)
         if not len(fresh):
             return items, s
-        where = [np.flatnonzero(items == j) for j in fresh]
-        missing = [j for j, w in zip(fresh, where, strict=True) if not len(w)]  # not among the candidates
+        missing = [j for j in fresh if not (items == j).any()]  # not among the candidates: join them
         if missing:
-            at = {j: len(items) + n for n, j in enumerate(missing)}
-            where = [w if len(w) else np.array([at[j]]) for j, w in zip(fresh, where, strict=True)]
             items = np.concatenate([items, np.asarray(missing, items.dtype)])
             s = np.concatenate([s, np.full(len(missing), -np.inf)])
-        others = s.copy()
-        for w in where:
-            others[w] = -np.inf
+        where = [int(np.flatnonzero(items == j)[0]) for j in fresh]
+        others = np.delete(s, where)
         others = others[np.isfinite(others)]
         above = min(self.config.fresh_within - len(fresh), len(others))  # others placed before the fresh
         # ``above``-th largest of the others (a partition, not a sort: only that value is needed)
