@@ -13,7 +13,6 @@ import dataclasses
 import gc
 import logging
 import os
-import threading
 import time
 import weakref
 from collections import defaultdict
@@ -51,6 +50,7 @@ from streams.checkpoint import install as install_checkpoint
 from streams.model_sync import ServedModel
 from streams.replicas import HeadExchange
 from streams.settings import build_core
+from streams.stopping import exit_if_stop_outlasts
 from streams.topics import decode_event, ensure_topics
 
 log = logging.getLogger("interest_stream")
@@ -186,28 +186,8 @@ async def follow_head_replicas() -> None:
 
 @app.task
 async def bound_the_stop() -> None:
-    watch_the_stop(app, settings.stop_grace_s)
-
-
-def watch_the_stop(service: faust.App, grace_s: float) -> threading.Thread:
-    """Exit the process if ``service`` has been stopping for ``grace_s`` (``Settings.stop_grace_s``).
-
-    A thread, since the event loop is what may be stuck: a worker whose broker went away while a batch
-    waited for its acknowledgement was still in faust's "Wait for streams..." 150 s after SIGTERM."""
-
-    def watch() -> None:
-        while not service.should_stop:
-            time.sleep(0.5)
-        time.sleep(grace_s)
-        log.error("still stopping %.0f s after the stop began (a broker that does not answer?): exiting now, "
-                  "as kill -9 would; nothing is lost, the next start goes on from the committed offsets",
-                  grace_s)  # fmt: skip
-        logging.shutdown()
-        os._exit(1)
-
-    thread = threading.Thread(target=watch, name="stop-deadline", daemon=True)
-    thread.start()
-    return thread
+    """faust's stop waits for the batch in hand, and that batch for the broker's acknowledgement."""
+    exit_if_stop_outlasts(lambda: app.should_stop, settings.stop_grace_s, log, "the committed offsets")
 
 
 def resolve(event: Event) -> Item:

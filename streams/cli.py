@@ -98,9 +98,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from streams.catalog import Catalog
     from streams.model_sync import Trainer
     from streams.settings import build_core
+    from streams.stopping import exit_if_stop_outlasts
     from streams.topics import ensure_topics
 
     settings = _settings()
+    log = logging.getLogger("interest_stream.trainer")
     state_dir = Path(args.state_dir) if args.state_dir else Path(settings.state_dir).parent / "trainer"
     state_dir.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.replace(settings, state_dir=str(state_dir))  # its own embedding cache
@@ -114,6 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop = asyncio.Event()  # SIGTERM / Ctrl-C: learn what was read, publish it, then exit
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        # publishing waits for a broker that may be gone: bounded like a worker's stop
+        exit_if_stop_outlasts(stop.is_set, settings.stop_grace_s, log, "its checkpoint")
         await trainer.run(stop)
 
     asyncio.run(main())

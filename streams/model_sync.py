@@ -10,7 +10,8 @@ separated from serving (the Monolith pattern):
   ``model_sync_s`` seconds it (1) writes its local checkpoint (weights, optimiser, users' windows,
   input positions), (2) publishes the weights to the compacted ``interest-model`` topic, (3) commits
   its input offsets. A restarted trainer resumes from its checkpoint at the input positions stored in
-  it, so no event is learned twice or skipped.
+  it, so no event is learned twice or skipped. A snapshot the broker does not take (gone, or not
+  answering in time) is logged and published again a round later: the checkpoint already holds it.
 - **Workers** follow ``interest-model`` whole (outside their group, like the item catalog) and swap in
   each complete snapshot. A user's window lives in the user's state (``UserState.recent_*``), so the
   worker computes the user's vector with the newest weights it has; nothing per-user crosses workers.
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from aiokafka.errors import KafkaError
 
 from models.config import InterestConfig
 from models.events import Event, InvalidEvent, Item, event_order, resolve_item
@@ -429,12 +431,33 @@ class Trainer:
         }
         self._save()
         raw = bundle(self.model.to_bytes(), self.ranker.to_bytes())
-        sends = [await producer.send(self.settings.model_topic, key=k, value=v)
-                 for k, v in snapshot_records(raw, self.snapshot_id, self.model.learned_events)]  # fmt: skip
-        await asyncio.gather(*sends)
-        await consumer.commit()
+        sent = []
+        try:
+            for key, value in snapshot_records(raw, self.snapshot_id, self.model.learned_events):
+                sent.append(await producer.send(self.settings.model_topic, key=key, value=value))
+        finally:  # each chunk delivered or given up on before anything else goes out (no strays later)
+            results = await asyncio.gather(*sent, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         log.info("published model snapshot %d (%.1f MB, %d events learned)", self.snapshot_id, len(raw) / 1e6,
                  self.model.learned_events)  # fmt: skip
+        try:
+            await consumer.commit()
+        except KafkaError as exc:  # the offsets only show the lag; a restart goes on from the checkpoint
+            log.warning("could not commit the trainer's offsets (%r); its checkpoint holds them", exc)
+
+    async def publish_or_wait(self, producer, consumer) -> bool:  # noqa: ANN001 - aiokafka clients
+        """``publish``; True when the snapshot went out. A broker that does not take it (away, or not
+        answering within the producer's request timeout) is not a reason to die: what was learned is in
+        the checkpoint, and the next round tries again."""
+        try:
+            await self.publish(producer, consumer)
+        except KafkaError as exc:
+            log.warning("could not publish model snapshot %d (%r); its checkpoint is written, the next try "
+                        "is in %.0f s", self.snapshot_id, exc, self.settings.model_sync_s)  # fmt: skip
+            return False
+        return True
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -471,10 +494,10 @@ class Trainer:
                     await asyncio.get_running_loop().run_in_executor(None, self.learn, pairs)
                 dirty = dirty or bool(batch)
                 if dirty and time.monotonic() - last_publish >= s.model_sync_s:
-                    await self.publish(producer, consumer)
-                    last_publish, dirty = time.monotonic(), False
+                    dirty = not await self.publish_or_wait(producer, consumer)
+                    last_publish = time.monotonic()
             if dirty:
-                await self.publish(producer, consumer)
+                await self.publish_or_wait(producer, consumer)
         finally:
             catalog_task.cancel()
             await consumer.stop()

@@ -86,7 +86,8 @@ class Settings:
     """How long a stopping worker (SIGTERM, Ctrl-C) may take before it exits without the rest of its
     stop. faust's stop first waits for the batch in hand, which waits for the broker's acknowledgement:
     with the broker gone, for ever. Exiting then is what ``kill -9`` does, which loses nothing (offsets
-    are committed only for batches whose effects are durable: ``streams/checkpoint.py``)."""
+    are committed only for batches whose effects are durable: ``streams/checkpoint.py``). The trainer's
+    stop (its last publish) is bounded by it too; it resumes from its checkpoint (``streams/stopping.py``)."""
     head_sync_s: float = 30.0
     """Every this many seconds per partition, its head replica folds in the other partitions' replicas
     (``streams/replicas.py``), so all workers train one shared head; 0 keeps the replicas apart."""

@@ -49,6 +49,15 @@ def test_topic_job_creates_what_the_worker_expects():
     assert "cleanup.policy=compact" in script.split("--topic items")[1]
 
 
+def test_workers_and_the_trainer_are_started_again_when_they_exit_on_purpose():
+    """A worker exits with code 3 when its broker lost acknowledged state and with 1 when its stop
+    outlasts its grace; a trainer with 1 likewise. Each is meant to be started again."""
+    services = compose()["services"]
+    processes = {name: s for name, s in services.items() if s.get("command") in (["worker"], ["train"])}
+    assert {s["command"][0] for s in processes.values()} == {"worker", "train"}
+    assert all(s.get("restart") == "on-failure" for s in processes.values()), processes
+
+
 def test_dockerfile_installs_the_package_and_runs_the_worker():
     text = (REPO / "deploy" / "Dockerfile").read_text()
     assert compose()["services"]["worker-1"]["build"]["dockerfile"] == "deploy/Dockerfile"

@@ -7,6 +7,7 @@ The full-size run (20 kills in 100,000 events, ...) is ``make faults``, which wr
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,73 @@ def test_a_worker_asked_to_stop_after_its_broker_went_away_exits_within_its_grac
         assert took < 5 + 15, took
         if code != 0:  # it did not stop by itself: the grace ran out, and it said so
             assert "exiting now, as kill -9 would" in log.read_text(errors="replace")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        broker.stop()
+
+
+PUBLISHED = re.compile(r"published model snapshot \d+ \(.*?, (\d+) events learned")
+
+
+def test_a_trainer_outlives_its_broker_going_away_and_its_stop_is_bounded(tmp_path):
+    """A trainer whose snapshot the broker did not take within the producer's request timeout (40 s)
+    died of it (``KafkaTimeoutError`` out of ``publish``), and the workers served its last snapshot for
+    good. Now it says so, keeps its checkpoint and publishes once the broker is back, having learned
+    every event exactly once; asked to stop while the broker is gone, it exits within its grace."""
+    broker = LocalBroker(tmp_path / "own-broker")
+    info = broker.start()
+    proc = None
+    events = 30_000
+    try:
+        env = worker_env(info.bootstrap, "trainer-outage", tmp_path, INTEREST_MODEL_SYNC_S="2",
+                         INTEREST_STOP_GRACE_S="5")  # fmt: skip
+        produce = [sys.executable, "-m", "streams.cli", "produce", "--movielens", "--quiet", "--limit"]
+        subprocess.run([*produce, str(events)], env=env, cwd=REPO, check=True, capture_output=True)
+        log = tmp_path / "trainer.log"
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "train"], env=env, cwd=REPO,
+                                    stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+
+        def text() -> str:
+            return log.read_text(errors="replace")
+
+        def learned() -> list[int]:
+            return [int(n) for n in PUBLISHED.findall(text())]
+
+        wait_for(lambda: learned() or proc.poll() is not None, 240, "the trainer's first snapshot", log)
+        assert proc.poll() is None, text()[-3000:]
+        assert learned()[0] < events, "learned everything before the broker went away: nothing to try"
+
+        broker.stop()  # mid-backlog: what it learns next cannot go out
+        wait_for(lambda: "could not publish model snapshot" in text() or proc.poll() is not None, 120,
+                 "a publish the broker did not take", log)  # fmt: skip
+        time.sleep(3)
+        assert proc.poll() is None, f"the trainer died of its broker's absence:\n{text()[-3000:]}"
+
+        broker.start()
+        wait_for(lambda: events in learned() or proc.poll() is not None, 240, "every event learned", log)
+        assert proc.poll() is None, text()[-3000:]
+        assert max(learned()) == events  # each exactly once, across the outage
+
+        subprocess.run([*produce, "3000"], env=env, cwd=REPO, check=True, capture_output=True)
+        broker.stop()  # the trainer holds new events it cannot publish
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still stopping 60 s after SIGTERM:\n{text()[-3000:]}")
+        assert time.monotonic() - asked < 5 + 15
+        if code != 0:  # it could not publish what it held: the grace ran out, and it said so
+            assert "exiting now, as kill -9 would" in text()
+
+        broker.start()  # a new trainer goes on from the checkpoint: nothing lost, nothing learned twice
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "train"], env=env, cwd=REPO,
+                                    stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+        wait_for(lambda: events + 3000 in learned() or proc.poll() is not None, 240, "the rest learned", log)
+        assert max(learned()) == events + 3000, text()[-3000:]
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
