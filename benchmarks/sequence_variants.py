@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="a sequence-model variant: SequenceConfig changes as JSON (repeatable)")  # fmt: skip
     ap.add_argument("--max-users", type=int, default=None, help="only the first N users (a quick look)")
+    ap.add_argument("--batch-size", type=int, default=256, help="events per micro-batch")
     ap.add_argument("--state-dir", default=str(REPO / ".state" / "evaluate"), help="embedding cache")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or {"base": "{}"}
@@ -63,7 +64,7 @@ def main() -> None:
             scorers += [seq] + [Mix(f"mix {w} {name}", seq, default, w) for w in MIX_WEIGHTS]
         return scorers
 
-    result = run_loo(log, make, split=split)
+    result = run_loo(log, make, args.batch_size, split=split)
     cold = result.learned == 0
     print(f"train {len(split.train):,} (new items {len(split.new_items):,}, their training events dropped "
           f"{split.dropped:,}); never-seen test items {int(cold.sum())}")  # fmt: skip

@@ -1,11 +1,14 @@
 """Worker throughput and latency on a real local broker, against the core alone, in one script.
 
     python benchmarks/worker_throughput.py [--events N] [--users U] [--sequence-model] [--recommendations]
+                                           [--trainer]
 
 Prints: broker start time, encoder texts/s (cold cache), core events/s (replay driver, warm cache), worker
 events/s end to end through Kafka (warm cache), their ratio, and the time from worker start to its first
 update; with ``--sequence-model``, a second worker that also serves the sequential model, and its ratio to
-the first. The worker reuses the embedding cache the baseline filled, so both sides measure the same work.
+the first; with ``--trainer``, how fast the one trainer learns the same events, against the worker: the
+stream it keeps up with. The worker reuses the embedding cache the baseline filled, so both sides measure
+the same work.
 
 The events are the MovieLens ratings in file order (610 users, one user's burst after another, so a
 micro-batch touches few users), or with ``--users U`` the generated stream of ``benchmarks/synthetic.py``
@@ -53,6 +56,9 @@ def main() -> None:
     ap.add_argument("--recommendations", action="store_true",
                     help="also run a worker serving the sequential model and the next-item ranker (every "
                          "update then carries recommendations)")  # fmt: skip
+    ap.add_argument("--trainer", action="store_true",
+                    help="also time the trainer catching up on the same events")  # fmt: skip
+    ap.add_argument("--trainer-sync-s", type=float, default=10.0, help="the trainer's snapshot interval")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="interest-bench-"))
     broker = None
@@ -124,22 +130,58 @@ def main() -> None:
         print(f"the same, recommendations from the ranker alone (INTEREST_SEQUENCE_MIX=0): "
               f"{alone_rate:,.0f} events/s ({alone_rate / rate:.2f}); "
               f"the mix costs {1 - rec_rate / alone_rate:.0%}")  # fmt: skip
+    if args.trainer:
+        learn_rate, intervals = run_trainer(bootstrap, env, run, records, used, work, args.trainer_sync_s)
+        print(
+            f"trainer (the sequential model and the ranker, one process for all partitions), catching "
+            f"up on the same events: {learn_rate:,.0f} events/s over {intervals} snapshot intervals of "
+            f"{args.trainer_sync_s:g} s ({learn_rate / rate:.2f} of the worker without a snapshot)"
+        )
     if broker is not None:
         broker.stop()
 
 
-def run_worker(bootstrap, env, run, tag, records, used, expected, work, snapshot):  # noqa: ANN001, ANN201
-    """events/s from first to last update of one worker over ``records`` on fresh topics, and the
-    seconds from its start to its first update."""
-    from streams.model_sync import snapshot_records
-
-    prefix = f"bench-{run}-{tag}"
-    state = work / f"worker-{tag}"  # its own tables; a copy of the embedding cache the baseline filled
+def run_trainer(bootstrap, env, run, records, used, work, sync_s):  # noqa: ANN001, ANN201
+    """events/s a trainer learns while it catches up on ``records`` (fresh topics, warm embedding cache):
+    the events learned between consecutive snapshots, over the snapshots' publish times, for the
+    intervals in which it was busy throughout (both ends short of every event). Publishing is included:
+    each snapshot is a checkpoint, ~35 MB out and a commit."""
+    prefix = f"bench-{run}-trainer"
+    state = work / "trainer"
     shutil.copytree(work / "worker" / "embedding-cache", state / "embedding-cache")
-    env = dict(env, INTEREST_APP_ID=prefix, INTEREST_WEB_PORT=str(free_port()), INTEREST_STATE_DIR=str(state),
+    env = dict(env, INTEREST_APP_ID=prefix, INTEREST_MODEL_SYNC_S=str(sync_s),
                **{f"INTEREST_{t.upper()}_TOPIC": f"{prefix}-{t}"
                   for t in ("click", "cart", "order", "items", "updates", "dlq", "model")})  # fmt: skip
     settings = Settings.load(env)
+    send_inputs(bootstrap, settings, records, used, None)
+    consumer = KafkaConsumer(settings.model_topic, bootstrap_servers=bootstrap, group_id=None,
+                             auto_offset_reset="earliest", consumer_timeout_ms=200)  # fmt: skip
+    log = open(work / "trainer.log", "wb")  # noqa: SIM115
+    t_start = time.perf_counter()
+    trainer = subprocess.Popen([sys.executable, "-m", "streams.cli", "train", "--state-dir", str(state)],
+                               env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    snapshots: list[tuple[float, int]] = []  # (published at, events learned)
+    try:
+        while not snapshots or snapshots[-1][1] < len(records):
+            for msg in consumer:
+                if msg.key == b"manifest":
+                    manifest = json.loads(msg.value)
+                    snapshots.append((manifest["published_at"], manifest["learned_events"]))
+            if time.perf_counter() - t_start > 900 or trainer.poll() is not None:
+                raise SystemExit(f"the trainer did not learn every event; see {work / 'trainer.log'}")
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        trainer.wait(60)
+    busy = [(a, b) for a, b in zip(snapshots, snapshots[1:], strict=False) if b[1] < len(records)]
+    if not busy:
+        raise SystemExit("the trainer caught up within one snapshot interval: give it more events")
+    return (busy[-1][1][1] - busy[0][0][1]) / (busy[-1][1][0] - busy[0][0][0]), len(busy)
+
+
+def send_inputs(bootstrap, settings, records, used, snapshot) -> None:  # noqa: ANN001
+    """The model snapshot (if any), the catalogue and the events, onto ``settings``' topics."""
+    from streams.model_sync import snapshot_records
+
     ensure_topics(settings)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024,
                              max_request_size=2 * 1024**2)  # fmt: skip
@@ -154,6 +196,19 @@ def run_worker(bootstrap, env, run, tag, records, used, expected, work, snapshot
             settings.topic_for(etype), key=event["user_id"].encode(), value=json.dumps(event).encode()
         )
     producer.flush()
+
+
+def run_worker(bootstrap, env, run, tag, records, used, expected, work, snapshot):  # noqa: ANN001, ANN201
+    """events/s from first to last update of one worker over ``records`` on fresh topics, and the
+    seconds from its start to its first update."""
+    prefix = f"bench-{run}-{tag}"
+    state = work / f"worker-{tag}"  # its own tables; a copy of the embedding cache the baseline filled
+    shutil.copytree(work / "worker" / "embedding-cache", state / "embedding-cache")
+    env = dict(env, INTEREST_APP_ID=prefix, INTEREST_WEB_PORT=str(free_port()), INTEREST_STATE_DIR=str(state),
+               **{f"INTEREST_{t.upper()}_TOPIC": f"{prefix}-{t}"
+                  for t in ("click", "cart", "order", "items", "updates", "dlq", "model")})  # fmt: skip
+    settings = Settings.load(env)
+    send_inputs(bootstrap, settings, records, used, snapshot)
     consumer = KafkaConsumer(settings.updates_topic, bootstrap_servers=bootstrap, group_id=None,
                              auto_offset_reset="earliest", consumer_timeout_ms=100)  # fmt: skip
     log = open(work / f"worker-{tag}.log", "wb")  # noqa: SIM115
