@@ -447,7 +447,7 @@ class Trainer:
         except KafkaError as exc:  # the offsets only show the lag; a restart goes on from the checkpoint
             log.warning("could not commit the trainer's offsets (%r); its checkpoint holds them", exc)
 
-    async def publish_or_wait(self, producer, consumer) -> bool:  # noqa: ANN001 - aiokafka clients
+    async def try_publish(self, producer, consumer) -> bool:  # noqa: ANN001 - aiokafka clients
         """``publish``; True when the snapshot went out. A broker that does not take it (away, or not
         answering within the producer's request timeout) is not a reason to die: what was learned is in
         the checkpoint, and the next round tries again."""
@@ -494,10 +494,10 @@ class Trainer:
                     await asyncio.get_running_loop().run_in_executor(None, self.learn, pairs)
                 dirty = dirty or bool(batch)
                 if dirty and time.monotonic() - last_publish >= s.model_sync_s:
-                    dirty = not await self.publish_or_wait(producer, consumer)
+                    dirty = not await self.try_publish(producer, consumer)
                     last_publish = time.monotonic()
             if dirty:
-                await self.publish_or_wait(producer, consumer)
+                await self.try_publish(producer, consumer)
         finally:
             catalog_task.cancel()
             await consumer.stop()

@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import faults
 import pytest
 from test_integration import REPO, start_worker, wait_for, worker_env, worker_ready
+from test_model_sync import start_trainer
 
 from streams.devbroker import LocalBroker
 
@@ -69,6 +71,21 @@ def test_flood_drains_without_loss(kafka_bootstrap, encoder, tmp_path):
     check(faults.backpressure(kafka_bootstrap, tmp_path, encoder, seconds=3, users=1000))
 
 
+def stops_within_its_grace(proc: subprocess.Popen, log: Path, grace_s: float) -> None:
+    """SIGTERM ``proc``, whose broker is gone: it must exit within ``grace_s`` (and some slack), and if
+    its stop could not finish, say that it exited as ``kill -9`` would."""
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still stopping 60 s after SIGTERM:\n{log.read_text(errors='replace')[-3000:]}")
+    took = time.monotonic() - asked
+    assert took < grace_s + 15, took
+    if code != 0:  # it did not stop by itself: the grace ran out, and it said so
+        assert "exiting now, as kill -9 would" in log.read_text(errors="replace")
+
+
 def test_a_worker_asked_to_stop_after_its_broker_went_away_exits_within_its_grace(tmp_path):
     """faust's stop waits for the batch in hand, which waits for the broker's acknowledgement: with the
     broker gone, a worker was still stopping 150 s after SIGTERM. ``INTEREST_STOP_GRACE_S`` bounds that
@@ -86,16 +103,7 @@ def test_a_worker_asked_to_stop_after_its_broker_went_away_exits_within_its_grac
         wait_for(lambda: worker_ready(port).get("applied", 0) > 1000, 180, "the worker applying", log)
         broker.stop()  # in the middle of the backlog
         time.sleep(3)
-        asked = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still stopping 60 s after SIGTERM:\n{log.read_text(errors='replace')[-3000:]}")
-        took = time.monotonic() - asked
-        assert took < 5 + 15, took
-        if code != 0:  # it did not stop by itself: the grace ran out, and it said so
-            assert "exiting now, as kill -9 would" in log.read_text(errors="replace")
+        stops_within_its_grace(proc, log, 5)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -120,9 +128,7 @@ def test_a_trainer_outlives_its_broker_going_away_and_its_stop_is_bounded(tmp_pa
         produce = [sys.executable, "-m", "streams.cli", "produce", "--movielens", "--quiet", "--limit"]
         subprocess.run([*produce, str(events)], env=env, cwd=REPO, check=True, capture_output=True)
         log = tmp_path / "trainer.log"
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "train"], env=env, cwd=REPO,
-                                    stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = start_trainer(env, log)
 
         def text() -> str:
             return log.read_text(errors="replace")
@@ -147,20 +153,10 @@ def test_a_trainer_outlives_its_broker_going_away_and_its_stop_is_bounded(tmp_pa
 
         subprocess.run([*produce, "3000"], env=env, cwd=REPO, check=True, capture_output=True)
         broker.stop()  # the trainer holds new events it cannot publish
-        asked = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still stopping 60 s after SIGTERM:\n{text()[-3000:]}")
-        assert time.monotonic() - asked < 5 + 15
-        if code != 0:  # it could not publish what it held: the grace ran out, and it said so
-            assert "exiting now, as kill -9 would" in text()
+        stops_within_its_grace(proc, log, 5)
 
         broker.start()  # a new trainer goes on from the checkpoint: nothing lost, nothing learned twice
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "train"], env=env, cwd=REPO,
-                                    stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = start_trainer(env, log)
         wait_for(lambda: events + 3000 in learned() or proc.poll() is not None, 240, "the rest learned", log)
         assert max(learned()) == events + 3000, text()[-3000:]
     finally:
