@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faust
 import faust.streams
 import faust.types
 import numpy as np

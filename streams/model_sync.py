@@ -377,13 +377,14 @@ class Trainer:
         log.info("trainer resumed from its checkpoint: snapshot %d, %d events learned", self.snapshot_id,
                  self.model.learned_events)  # fmt: skip
 
-    def _save(self) -> None:
+    def _save(self, weights: bytes, ranker: bytes) -> None:
+        """The checkpoint, with the model's and the ranker's bytes as the snapshot publishes them."""
         import torch
 
         tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save({"weights": self.model.to_bytes(), "optimizer": self.model.opt.state_dict(),
+        torch.save({"weights": weights, "optimizer": self.model.opt.state_dict(),
                     "histories": self.model.dump_histories(), "snapshot_id": self.snapshot_id,
-                    "positions": self.positions, "ranker": self.ranker.to_bytes(),
+                    "positions": self.positions, "ranker": ranker,
                     "recent": self.recent.of}, tmp)  # fmt: skip
         tmp.replace(self.checkpoint)
 
@@ -429,8 +430,9 @@ class Trainer:
         self.positions = {
             (tp.topic, tp.partition): await consumer.position(tp) for tp in consumer.assignment()
         }
-        self._save()
-        raw = bundle(self.model.to_bytes(), self.ranker.to_bytes())
+        weights, ranker = self.model.to_bytes(), self.ranker.to_bytes()  # once, for both uses
+        self._save(weights, ranker)
+        raw = bundle(weights, ranker)
         sent = []
         try:
             for key, value in snapshot_records(raw, self.snapshot_id, self.model.learned_events):
