@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from streams.catalog import Catalog
-    from streams.model_sync import Trainer
+    from streams.model_sync import InputRecreated, Trainer
     from streams.settings import build_core
     from streams.stopping import exit_if_stop_outlasts
     from streams.topics import ensure_topics
@@ -120,7 +120,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         exit_if_stop_outlasts(stop.is_set, settings.stop_grace_s, log, "its checkpoint")
         await trainer.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except InputRecreated as exc:
+        # Exit as a worker whose broker lost its state does (code 3), so that the supervisor restarts
+        # it: the restart resumes from the last checkpoint and reads the new topics from their beginning.
+        log.critical("%s (did the broker lose its data?); exiting without a checkpoint so that the restarted "
+                     "trainer reads them from their beginning", exc)  # fmt: skip
+        return 3
     return 0
 
 

@@ -10,8 +10,10 @@ separated from serving (the Monolith pattern):
   ``model_sync_s`` seconds it (1) writes its local checkpoint (weights, optimiser, users' windows,
   input positions), (2) publishes the weights to the compacted ``interest-model`` topic, (3) commits
   its input offsets. A restarted trainer resumes from its checkpoint at the input positions stored in
-  it, so no event is learned twice or skipped. A snapshot the broker does not take (gone, or not
-  answering in time) is logged and published again a round later: the checkpoint already holds it.
+  it, so no event is learned twice or skipped; the checkpoint keeps the input topics' ids too, and a topic
+  recreated since (a broker that lost its data) is read from its beginning (``resume_positions``).
+  A snapshot the broker does not take (gone, or not answering in time) is logged and published again
+  a round later: the checkpoint already holds it.
 - **Workers** follow ``interest-model`` whole (outside their group, like the item catalog) and swap in
   each complete snapshot. A user's window lives in the user's state (``UserState.recent_*``), so the
   worker computes the user's vector with the newest weights it has; nothing per-user crosses workers.
@@ -316,19 +318,99 @@ class ServedModel:
         return out
 
 
-def _partitions(settings) -> dict[str, list[int]]:  # noqa: ANN001
-    """The event topics' partitions, once they exist (created by ``ensure_topics`` or a producer)."""
-    from kafka import KafkaConsumer
+def _event_topics(settings) -> dict[str, tuple[str | None, list[int]]]:  # noqa: ANN001
+    """The event topics' ids and partitions, once they exist (created by ``ensure_topics`` or a producer).
+    A topic's id (KIP-516) changes when it is deleted and created again, as on a broker that lost its data:
+    offsets then number other records."""
+    from kafka import KafkaAdminClient
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.broker)
+    admin = KafkaAdminClient(bootstrap_servers=settings.broker)
     try:
         while True:
-            parts = {t: consumer.partitions_for_topic(t) for t in settings.event_topics}
-            if all(parts.values()):
-                return {t: sorted(p) for t, p in parts.items()}
+            described = admin.describe_topics(list(settings.event_topics))
+            found = {t["name"]: (_id(t), sorted(p["partition_index"] for p in t["partitions"]))
+                     for t in described if t["error_code"] == 0}  # fmt: skip
+            if all(found.get(t, (None, []))[1] for t in settings.event_topics):
+                return found
             time.sleep(0.5)
     finally:
-        consumer.close()
+        admin.close()
+
+
+def _topic_ids_now(settings) -> dict[str, str | None] | None:  # noqa: ANN001
+    """The event topics' ids, or None when the broker does not answer within a few seconds (a trainer
+    publishing through an outage must not wait long for this: its checkpoint is written meanwhile)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import RetriableError  # away, timed out, metadata not ready: not a wrong setting
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.broker, request_timeout_ms=5000,
+                                 bootstrap_timeout_ms=3000)  # fmt: skip
+    except RetriableError:
+        return None
+    try:
+        described = admin.describe_topics(list(settings.event_topics))
+    except RetriableError:
+        return None
+    finally:
+        admin.close()
+    return {t["name"]: _id(t) for t in described}
+
+
+def _id(described: dict) -> str | None:
+    return None if described["topic_id"] is None else str(described["topic_id"])
+
+
+def recreated_topics(saved_ids: dict[str, str | None], ids: dict[str, str | None]) -> list[str]:
+    """Topics whose id is not the one saved (both known): deleted and created again in between."""
+    return sorted(t for t, i in ids.items() if i is not None and saved_ids.get(t) not in (None, i))
+
+
+class InputRecreated(Exception):
+    """An event topic the trainer is reading was deleted and created again (the broker lost its data)
+    while it ran: its positions may point into other records. It exits without a checkpoint, and the
+    restarted trainer reads the new topic from its beginning (``resume_positions``)."""
+
+
+def resume_positions(
+    saved: dict[tuple[str, int], int],
+    saved_ids: dict[str, str | None],
+    ids: dict[str, str | None],
+    ends: dict[tuple[str, int], int],
+) -> tuple[dict[tuple[str, int], int | None], list[str]]:
+    """Where a trainer resumes each input partition of ``ends`` (None: from its beginning), and what it
+    should say about it.
+
+    ``saved``/``saved_ids``: the checkpoint's positions and the topic ids they were read in; ``ids`` and
+    ``ends``: the broker's now. A partition resumes at its saved position, except:
+
+    - its topic's id changed (the topic was recreated: a broker that lost its data, a topic deleted and
+      created again): every record in it is new, so from its beginning. Offsets alone cannot tell, once
+      the new topic holds as many records as the old one did;
+    - its saved position is past its end: records the trainer read are gone. In the same topic (its id
+      unchanged) records written later take the offsets from the end on, so from the end; with no saved
+      id (a checkpoint from before ids were kept) a recreated topic is the likely cause, so from its
+      beginning, as the consumer's reset did before.
+    """
+    out: dict[tuple[str, int], int | None] = {}
+    notes: list[str] = []
+    recreated = recreated_topics(saved_ids, {t: i for t, i in ids.items() if t in {u for u, _ in ends}})
+    for topic in recreated:
+        notes.append(f"input topic {topic} was recreated (its id was {saved_ids[topic]}, is {ids[topic]}; "
+                     "did the broker lose its data?): reading it from its beginning")  # fmt: skip
+    for tp, end in sorted(ends.items()):
+        position = saved.get(tp)
+        if position is None or tp[0] in recreated:
+            out[tp] = None
+        elif position > end:
+            same = saved_ids.get(tp[0]) is not None
+            out[tp] = end if same else None
+            notes.append(f"input {tp[0]}[{tp[1]}] ends at {end}, below the checkpoint's position {position}: "
+                         f"the broker lost records; going on from its "
+                         f"{'end' if same else 'beginning (the checkpoint has no topic ids)'}")  # fmt: skip
+        else:
+            out[tp] = position
+    return out, notes
 
 
 class Trainer:
@@ -349,6 +431,7 @@ class Trainer:
         self.snapshot_id = 0
         self.skipped = 0
         self.positions: dict[tuple[str, int], int] = {}  # input read up to here, as checkpointed
+        self.topic_ids: dict[str, str | None] = {}  # the input topics' ids those positions belong to
         if self.checkpoint.exists():
             self._restore()
 
@@ -365,6 +448,7 @@ class Trainer:
         self.model.restore_histories(saved["histories"])
         self.snapshot_id = saved["snapshot_id"]
         self.positions = saved["positions"]
+        self.topic_ids = saved.get("topic_ids", {})  # absent before ids were kept
         if "ranker" in saved:
             self.ranker = NextItemRanker.from_bytes(saved["ranker"], self.core.config)
             self.recent.of = {u: [tuple(e) for e in h] for u, h in saved["recent"].items()}
@@ -384,7 +468,7 @@ class Trainer:
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save({"weights": weights, "optimizer": self.model.opt.state_dict(),
                     "histories": self.model.dump_histories(), "snapshot_id": self.snapshot_id,
-                    "positions": self.positions, "ranker": ranker,
+                    "positions": self.positions, "topic_ids": self.topic_ids, "ranker": ranker,
                     "recent": self.recent.of}, tmp)  # fmt: skip
         tmp.replace(self.checkpoint)
 
@@ -422,8 +506,11 @@ class Trainer:
     async def publish(self, producer, consumer) -> None:  # noqa: ANN001 - aiokafka clients
         """Checkpoint, publish, commit: in that order, so the checkpoint (weights *and* the input
         positions they have learned up to) is what a restart resumes from, and the committed offsets
-        only show the trainer's lag."""
-        added = await asyncio.get_running_loop().run_in_executor(None, self.add_catalogue)
+        only show the trainer's lag. Before the checkpoint, that the input topics are still the ones its
+        positions count in (``InputRecreated`` if not, and nothing is written)."""
+        loop = asyncio.get_running_loop()
+        ids_now = loop.run_in_executor(None, _topic_ids_now, self.settings)  # meanwhile: the bytes
+        added = await loop.run_in_executor(None, self.add_catalogue)
         if added:
             log.info("ranker: %d catalogue items added (%d in all)", added, self.ranker.n_items)
         self.snapshot_id += 1
@@ -431,6 +518,10 @@ class Trainer:
             (tp.topic, tp.partition): await consumer.position(tp) for tp in consumer.assignment()
         }
         weights, ranker = self.model.to_bytes(), self.ranker.to_bytes()  # once, for both uses
+        ids = await ids_now
+        if ids is not None and recreated_topics(self.topic_ids, ids):
+            raise InputRecreated(f"input topics recreated while the trainer read them: "
+                                 f"{recreated_topics(self.topic_ids, ids)}")  # fmt: skip
         self._save(weights, ranker)
         raw = bundle(weights, ranker)
         sent = []
@@ -474,11 +565,17 @@ class Trainer:
         await consumer.start()
         await producer.start()
         try:
-            parts = await asyncio.get_running_loop().run_in_executor(None, _partitions, s)
-            tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+            topics = await asyncio.get_running_loop().run_in_executor(None, _event_topics, s)
+            tps = [TopicPartition(t, p) for t, (_, ps) in topics.items() for p in ps]
             consumer.assign(tps)
+            ids = {t: topic_id for t, (topic_id, _) in topics.items()}
+            ends = {(tp.topic, tp.partition): end for tp, end in (await consumer.end_offsets(tps)).items()}
+            starts, notes = resume_positions(self.positions, self.topic_ids, ids, ends)
+            for note in notes:
+                log.warning(note)
+            self.topic_ids = ids
             for tp in tps:
-                position = self.positions.get((tp.topic, tp.partition))
+                position = starts[(tp.topic, tp.partition)]
                 if position is None:
                     await consumer.seek_to_beginning(tp)
                 else:

@@ -163,3 +163,56 @@ def test_a_trainer_outlives_its_broker_going_away_and_its_stop_is_bounded(tmp_pa
         if proc is not None and proc.poll() is None:
             proc.kill()
         broker.stop()
+
+
+def test_a_trainer_whose_broker_lost_its_data_learns_the_new_history_whole(tmp_path):
+    """The trainer resumes from the input positions in its checkpoint. A broker that lost its data (wiped,
+    rebuilt, its topics recreated) numbers new records from 0 again, so those positions pointed into other
+    records: a trainer restarted after such a loss skipped as many new events as it had learned before
+    (here 3,000 of 5,000). Now a recreated topic (a new topic id) is read from its beginning, whether the
+    loss happened while the trainer was stopped or while it ran (it then exits with code 3, without a
+    checkpoint, and its restart reads the new topics whole)."""
+    broker = LocalBroker(tmp_path / "own-broker")
+    info = broker.start()
+    port = int(info.bootstrap.rsplit(":", 1)[1])
+    proc = None
+    try:
+        env = worker_env(info.bootstrap, "trainer-wiped", tmp_path, INTEREST_MODEL_SYNC_S="2")
+        produce = [sys.executable, "-m", "streams.cli", "produce", "--movielens", "--quiet", "--limit"]
+        log = tmp_path / "trainer.log"
+
+        def text() -> str:
+            return log.read_text(errors="replace")
+
+        def learned() -> list[int]:
+            return [int(n) for n in PUBLISHED.findall(text())]
+
+        def lose_the_data_and_produce(events: int) -> None:
+            broker.stop()
+            broker.start(port=port, fresh=True)  # the same address, none of the data
+            subprocess.run([*produce, str(events)], env=env, cwd=REPO, check=True, capture_output=True)
+
+        subprocess.run([*produce, "3000"], env=env, cwd=REPO, check=True, capture_output=True)
+        proc = start_trainer(env, log)
+        wait_for(lambda: 3000 in learned() or proc.poll() is not None, 240, "the first events learned", log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+        # While the trainer is stopped: the new topics hold more records than its checkpoint had read.
+        lose_the_data_and_produce(5000)
+        proc = start_trainer(env, log)
+        wait_for(lambda: 8000 in learned() or proc.poll() is not None, 120, "every new event learned", log)
+        assert max(learned()) == 8000, text()[-3000:]
+        assert "was recreated" in text()
+
+        # While it runs: it notices at its next publish, and exits for a restart.
+        lose_the_data_and_produce(10_000)
+        assert proc.wait(120) == 3, text()[-3000:]
+        assert "recreated while the trainer read them" in text()
+        proc = start_trainer(env, log)
+        wait_for(lambda: 18_000 in learned() or proc.poll() is not None, 120, "the rest learned", log)
+        assert max(learned()) == 18_000, text()[-3000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        broker.stop()

@@ -29,7 +29,13 @@ from models.ranker import NextItemRanker
 from models.sequence import SequenceModel
 from models.sources import movielens_events, movielens_items
 from streams import model_sync
-from streams.model_sync import ServedModel, SnapshotAssembler, snapshot_records
+from streams.model_sync import (
+    ServedModel,
+    SnapshotAssembler,
+    recreated_topics,
+    resume_positions,
+    snapshot_records,
+)
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -301,3 +307,22 @@ def test_a_workers_snapshots_search_the_text_index_with_the_threads_it_was_given
             served._apply(key, value)
         assert served.ranker is not None and served.ranker.n_items == n_items
         assert served.ranker.text_index is not None and served.ranker.text_index.search_threads == 3
+
+
+def test_a_trainer_resumes_where_its_checkpoint_says_unless_the_broker_lost_what_it_counted_in():
+    saved = {("click", 0): 500, ("click", 1): 300, ("order", 0): 90}
+    ends = {("click", 0): 800, ("click", 1): 200, ("order", 0): 90, ("order", 1): 40}
+    same = {"click": "id-c", "order": "id-o"}
+    starts, notes = resume_positions(saved, same, same, ends)
+    # click[1] lost records past 200 in the same topic: what comes next is numbered from 200
+    assert starts == {("click", 0): 500, ("click", 1): 200, ("order", 0): 90, ("order", 1): None}
+    assert len(notes) == 1 and "click[1] ends at 200" in notes[0]
+
+    starts, notes = resume_positions(saved, same, {"click": "id-c2", "order": "id-o"}, ends)
+    assert starts == {("click", 0): None, ("click", 1): None, ("order", 0): 90, ("order", 1): None}
+    assert len(notes) == 1 and "click was recreated" in notes[0]
+
+    # a checkpoint from before topic ids were kept: past the end, most likely a recreated topic
+    starts, notes = resume_positions(saved, {}, same, ends)
+    assert starts[("click", 0)] == 500 and starts[("click", 1)] is None
+    assert recreated_topics({}, same) == [] and recreated_topics(same, {"click": None}) == []
