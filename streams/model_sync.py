@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import logging
@@ -426,6 +427,7 @@ class Trainer:
         # CPU either way, so CPU workers load them (benchmarks/gpu_sequence.py measures what it buys).
         self.device = resolve_device(settings.device)
         self.model = SequenceModel(core.dim, device=self.device)
+        self._train_as_set()
         self.ranker = NextItemRanker(core.config, core.dim)
         self.recent = RecentItems(core.config.history_len)
         self.snapshot_id = 0
@@ -446,6 +448,7 @@ class Trainer:
         self.model = SequenceModel.from_bytes(saved["weights"], self.device)
         self.model.opt.load_state_dict(saved["optimizer"])
         self.model.restore_histories(saved["histories"])
+        self._train_as_set()  # the steps set now, not those the checkpoint was learned with
         self.snapshot_id = saved["snapshot_id"]
         self.positions = saved["positions"]
         self.topic_ids = saved.get("topic_ids", {})  # absent before ids were kept
@@ -460,6 +463,14 @@ class Trainer:
             )
         log.info("trainer resumed from its checkpoint: snapshot %d, %d events learned", self.snapshot_id,
                  self.model.learned_events)  # fmt: skip
+
+    def _train_as_set(self) -> None:
+        """``INTEREST_TRAINER_STEPS`` (0: the model's default, even where the checkpoint was learned with
+        another). A training setting only: a worker's use of a snapshot ignores it."""
+        from models.sequence import SequenceConfig
+
+        steps = self.settings.trainer_steps or SequenceConfig.steps
+        self.model.config = dataclasses.replace(self.model.config, steps=steps)
 
     def _save(self, weights: bytes, ranker: bytes) -> None:
         """The checkpoint, with the model's and the ranker's bytes as the snapshot publishes them."""

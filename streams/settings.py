@@ -48,6 +48,10 @@ class Settings:
     model_sync_s: float = 30.0
     """The trainer publishes a snapshot of the sequential model every this many seconds (while it learns);
     workers load each one as it arrives."""
+    trainer_steps: int = 0
+    """Adam steps the trainer takes per micro-batch; 0: the model's own (``SequenceConfig.steps``, 2).
+    1 learns about twice as fast, for a trainer that falls behind its stream, at a cost in Recall@10 (the
+    README's *How fast one trainer learns*)."""
     recommendations_k: int = 10
     """Items in each update's ``recommendations`` (the next-item ranker of the trainer's newest snapshot
     mixed with its sequential model, ``sequence_mix``; the user's remembered items left out); 0 leaves
@@ -220,6 +224,8 @@ class Settings:
             raise ValueError(f"encoder_dtype {self.encoder_dtype} needs encoder_backend torch or auto")
         if self.encoder_threads < 0:
             raise ValueError("encoder_threads must be >= 0 (0: every core available to the process)")
+        if self.trainer_steps < 0:
+            raise ValueError("trainer_steps must be >= 0 (0: the sequential model's default)")
         if self.search_threads < 1:
             raise ValueError("search_threads must be >= 1")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -26,7 +26,7 @@ from test_integration import (
 )
 
 from models.ranker import NextItemRanker
-from models.sequence import SequenceModel
+from models.sequence import SequenceConfig, SequenceModel
 from models.sources import movielens_events, movielens_items
 from streams import model_sync
 from streams.model_sync import (
@@ -326,3 +326,17 @@ def test_a_trainer_resumes_where_its_checkpoint_says_unless_the_broker_lost_what
     starts, notes = resume_positions(saved, {}, same, ends)
     assert starts[("click", 0)] == 500 and starts[("click", 1)] is None
     assert recreated_topics({}, same) == [] and recreated_topics(same, {"click": None}) == []
+
+
+def test_the_trainer_takes_the_steps_it_is_set_to_also_when_it_resumes_from_a_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    def trainer(steps: str) -> model_sync.Trainer:
+        settings = Settings.load({"INTEREST_TRAINER_STEPS": steps})
+        return model_sync.Trainer(settings, SimpleNamespace(dim=8, config=settings.model), None, tmp_path)
+
+    first = trainer("1")
+    assert first.model.config.steps == 1
+    first._save(first.model.to_bytes(), first.ranker.to_bytes())  # its snapshot's config says 1 step
+    assert trainer("3").model.config.steps == 3
+    assert trainer("0").model.config.steps == SequenceConfig().steps == 2  # unset: the default again

@@ -56,6 +56,7 @@ def test_unknown_names_fail_instead_of_being_ignored(tmp_path):
         ({"INTEREST_ENCODER_DTYPE": "bf16", "INTEREST_ENCODER_BACKEND": "onnx-int8"}, "encoder_dtype"),
         ({"INTEREST_ENCODER_THREADS": "-1"}, "encoder_threads"),
         ({"INTEREST_SEARCH_THREADS": "0"}, "search_threads"),
+        ({"INTEREST_TRAINER_STEPS": "-1"}, "trainer_steps"),
         ({"INTEREST_STOP_GRACE_S": "0"}, "stop_grace_s"),
         ({"INTEREST_STATE_VECTOR": "float64"}, "state_vector"),
         ({"INTEREST_CATEGORY_BLEND": "1.5"}, "category_blend"),
