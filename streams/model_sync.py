@@ -395,7 +395,8 @@ def resume_positions(
     """
     out: dict[tuple[str, int], int | None] = {}
     notes: list[str] = []
-    recreated = recreated_topics(saved_ids, {t: i for t, i in ids.items() if t in {u for u, _ in ends}})
+    read = {topic for topic, _ in ends}
+    recreated = recreated_topics(saved_ids, {t: i for t, i in ids.items() if t in read})
     for topic in recreated:
         notes.append(f"input topic {topic} was recreated (its id was {saved_ids[topic]}, is {ids[topic]}; "
                      "did the broker lose its data?): reading it from its beginning")  # fmt: skip
@@ -530,9 +531,9 @@ class Trainer:
         }
         weights, ranker = self.model.to_bytes(), self.ranker.to_bytes()  # once, for both uses
         ids = await ids_now
-        if ids is not None and recreated_topics(self.topic_ids, ids):
-            raise InputRecreated(f"input topics recreated while the trainer read them: "
-                                 f"{recreated_topics(self.topic_ids, ids)}")  # fmt: skip
+        changed = recreated_topics(self.topic_ids, ids) if ids is not None else []
+        if changed:
+            raise InputRecreated(f"input topics recreated while the trainer read them: {changed}")
         self._save(weights, ranker)
         raw = bundle(weights, ranker)
         sent = []
