@@ -13,7 +13,8 @@ separated from serving (the Monolith pattern):
   it, so no event is learned twice or skipped; the checkpoint keeps the input topics' ids too, and a topic
   recreated since (a broker that lost its data) is read from its beginning (``resume_positions``).
   A snapshot the broker does not take (gone, or not answering in time) is logged and published again
-  a round later: the checkpoint already holds it.
+  a round later: the checkpoint already holds it. An idle trainer checks every ``model_sync_s`` that the
+  model topic still holds its last snapshot (``Trainer.snapshot_lost``) and publishes it again if not.
 - **Workers** follow ``interest-model`` whole (outside their group, like the item catalog) and swap in
   each complete snapshot. A user's window lives in the user's state (``UserState.recent_*``), so the
   worker computes the user's vector with the newest weights it has; nothing per-user crosses workers.
@@ -52,6 +53,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import kafka.errors
 import numpy as np
 from aiokafka.errors import KafkaError
 
@@ -59,7 +61,7 @@ from models.config import InterestConfig
 from models.events import Event, InvalidEvent, Item, event_order, resolve_item
 from models.interest import UserState
 from models.ranker import NextItemRanker, RecentItems
-from streams.topics import decode_event
+from streams.topics import decode_event, ensure_topics
 
 if TYPE_CHECKING:  # torch (via models.sequence) is imported where a model is first built or loaded: a
     # worker's start does not wait ~2 s for it (its encoder imports it in a thread of its own meanwhile)
@@ -339,8 +341,9 @@ def _event_topics(settings) -> dict[str, tuple[str | None, list[int]]]:  # noqa:
 
 
 def _topic_ids_now(settings) -> dict[str, str | None] | None:  # noqa: ANN001
-    """The event topics' ids, or None when the broker does not answer within a few seconds (a trainer
-    publishing through an outage must not wait long for this: its checkpoint is written meanwhile)."""
+    """The event topics' and the model topic's ids (None for a topic that does not exist), or None when
+    the broker does not answer within a few seconds (a trainer publishing through an outage must not wait
+    long for this: its checkpoint is written meanwhile)."""
     from kafka import KafkaAdminClient
     from kafka.errors import RetriableError  # away, timed out, metadata not ready: not a wrong setting
 
@@ -350,12 +353,12 @@ def _topic_ids_now(settings) -> dict[str, str | None] | None:  # noqa: ANN001
     except RetriableError:
         return None
     try:
-        described = admin.describe_topics(list(settings.event_topics))
+        described = admin.describe_topics([*settings.event_topics, settings.model_topic])
     except RetriableError:
         return None
     finally:
         admin.close()
-    return {t["name"]: _id(t) for t in described}
+    return {t["name"]: _id(t) if t["error_code"] == 0 else None for t in described}
 
 
 def _id(described: dict) -> str | None:
@@ -435,6 +438,7 @@ class Trainer:
         self.skipped = 0
         self.positions: dict[tuple[str, int], int] = {}  # input read up to here, as checkpointed
         self.topic_ids: dict[str, str | None] = {}  # the input topics' ids those positions belong to
+        self.model_topic_id: str | None = None  # the model topic that holds the last snapshot published
         if self.checkpoint.exists():
             self._restore()
 
@@ -453,6 +457,7 @@ class Trainer:
         self.snapshot_id = saved["snapshot_id"]
         self.positions = saved["positions"]
         self.topic_ids = saved.get("topic_ids", {})  # absent before ids were kept
+        self.model_topic_id = saved.get("model_topic_id")
         if "ranker" in saved:
             self.ranker = NextItemRanker.from_bytes(saved["ranker"], self.core.config)
             self.recent.of = {u: [tuple(e) for e in h] for u, h in saved["recent"].items()}
@@ -481,7 +486,7 @@ class Trainer:
         torch.save({"weights": weights, "optimizer": self.model.opt.state_dict(),
                     "histories": self.model.dump_histories(), "snapshot_id": self.snapshot_id,
                     "positions": self.positions, "topic_ids": self.topic_ids, "ranker": ranker,
-                    "recent": self.recent.of}, tmp)  # fmt: skip
+                    "recent": self.recent.of, "model_topic_id": self.model_topic_id}, tmp)  # fmt: skip
         tmp.replace(self.checkpoint)
 
     def decode(
@@ -531,9 +536,17 @@ class Trainer:
         }
         weights, ranker = self.model.to_bytes(), self.ranker.to_bytes()  # once, for both uses
         ids = await ids_now
+        if ids is not None and ids[self.settings.model_topic] is None:
+            # deleted, or a broker that lost its data: declared again (compacted, large records), not
+            # left to a broker's auto-creation with its defaults
+            log.warning("the model topic %s does not exist: creating it", self.settings.model_topic)
+            await loop.run_in_executor(None, ensure_topics, self.settings)
+            ids = await loop.run_in_executor(None, _topic_ids_now, self.settings)
         changed = recreated_topics(self.topic_ids, ids) if ids is not None else []
         if changed:
             raise InputRecreated(f"input topics recreated while the trainer read them: {changed}")
+        if ids is not None:
+            self.model_topic_id = ids[self.settings.model_topic]
         self._save(weights, ranker)
         raw = bundle(weights, ranker)
         sent = []
@@ -552,13 +565,39 @@ class Trainer:
         except KafkaError as exc:  # the offsets only show the lag; a restart goes on from the checkpoint
             log.warning("could not commit the trainer's offsets (%r); its checkpoint holds them", exc)
 
+    async def snapshot_lost(self) -> bool:
+        """Whether the model topic no longer holds the last snapshot published (deleted, or recreated by a
+        broker that lost its data): workers starting now would serve no model until the trainer next
+        learned something, so an idle trainer asks every ``model_sync_s`` and publishes it again. Raises
+        ``InputRecreated`` as ``publish`` does when the input topics were recreated meanwhile."""
+        if not self.model.learned_events:
+            return False
+        try:
+            ids = await asyncio.get_running_loop().run_in_executor(None, _topic_ids_now, self.settings)
+        except kafka.errors.KafkaError as exc:  # asked again a round later
+            log.warning("could not check the model topic (%r)", exc)
+            return False
+        if ids is None:
+            return False
+        changed = recreated_topics(self.topic_ids, ids)
+        if changed:
+            raise InputRecreated(f"input topics recreated while the trainer waited for events: {changed}")
+        now = ids[self.settings.model_topic]
+        if now is not None and now == self.model_topic_id:
+            return False
+        where = "it does not exist" if now is None else f"its id is {now}"
+        log.warning("the model topic %s does not hold the last snapshot (%s; it was published to the topic "
+                    "with id %s): publishing it again", self.settings.model_topic, where,
+                    self.model_topic_id)  # fmt: skip
+        return True
+
     async def try_publish(self, producer, consumer) -> bool:  # noqa: ANN001 - aiokafka clients
         """``publish``; True when the snapshot went out. A broker that does not take it (away, or not
         answering within the producer's request timeout) is not a reason to die: what was learned is in
         the checkpoint, and the next round tries again."""
         try:
             await self.publish(producer, consumer)
-        except KafkaError as exc:
+        except (KafkaError, kafka.errors.KafkaError) as exc:  # aiokafka's, and the admin client's
             log.warning("could not publish model snapshot %d (%r); its checkpoint is written, the next try "
                         "is in %.0f s", self.snapshot_id, exc, self.settings.model_sync_s)  # fmt: skip
             return False
@@ -594,8 +633,8 @@ class Trainer:
                     consumer.seek(tp, position)
             while not await self.catalog.wait_caught_up(10.0):
                 log.warning("trainer: waiting for the item catalog")
-            last_publish = time.monotonic()
-            dirty = False
+            dirty = await self.snapshot_lost()  # a checkpoint whose snapshot the broker no longer has
+            last_publish = time.monotonic() - (s.model_sync_s if dirty else 0.0)
             while stop is None or not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=s.max_batch)
                 decoded = (self.decode(tp.topic, tp.partition, r.key, r.value)
@@ -604,8 +643,11 @@ class Trainer:
                 if pairs:
                     await asyncio.get_running_loop().run_in_executor(None, self.learn, pairs)
                 dirty = dirty or bool(batch)
-                if dirty and time.monotonic() - last_publish >= s.model_sync_s:
-                    dirty = not await self.try_publish(producer, consumer)
+                if time.monotonic() - last_publish >= s.model_sync_s:
+                    if not dirty:
+                        dirty = await self.snapshot_lost()
+                    if dirty:
+                        dirty = not await self.try_publish(producer, consumer)
                     last_publish = time.monotonic()
             if dirty:
                 await self.try_publish(producer, consumer)

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import faults
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 from test_integration import REPO, start_worker, wait_for, worker_env, worker_ready
-from test_model_sync import start_trainer
+from test_model_sync import model_snapshots, start_trainer
 
 from streams.devbroker import LocalBroker
+from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +181,7 @@ def test_a_trainer_whose_broker_lost_its_data_learns_the_new_history_whole(tmp_p
     proc = None
     try:
         env = worker_env(info.bootstrap, "trainer-wiped", tmp_path, INTEREST_MODEL_SYNC_S="2")
+        settings = Settings.load(env)
         produce = [sys.executable, "-m", "streams.cli", "produce", "--movielens", "--quiet", "--limit"]
         log = tmp_path / "trainer.log"
 
@@ -190,7 +194,8 @@ def test_a_trainer_whose_broker_lost_its_data_learns_the_new_history_whole(tmp_p
         def lose_the_data_and_produce(events: int) -> None:
             broker.stop()
             broker.start(port=port, fresh=True)  # the same address, none of the data
-            subprocess.run([*produce, str(events)], env=env, cwd=REPO, check=True, capture_output=True)
+            if events:
+                subprocess.run([*produce, str(events)], env=env, cwd=REPO, check=True, capture_output=True)
 
         subprocess.run([*produce, "3000"], env=env, cwd=REPO, check=True, capture_output=True)
         proc = start_trainer(env, log)
@@ -205,13 +210,35 @@ def test_a_trainer_whose_broker_lost_its_data_learns_the_new_history_whole(tmp_p
         assert max(learned()) == 8000, text()[-3000:]
         assert "was recreated" in text()
 
-        # While it runs: it notices at its next publish, and exits for a restart.
-        lose_the_data_and_produce(10_000)
+        # While it runs, and no event comes: it notices within a sync interval (the model topic is gone),
+        # declares the topics again and exits for a restart, which puts the snapshot it holds in the new
+        # model topic before any new event (workers starting meanwhile would otherwise serve no model).
+        lose_the_data_and_produce(0)
         assert proc.wait(120) == 3, text()[-3000:]
         assert "recreated while the trainer read them" in text()
         proc = start_trainer(env, log)
+        wait_for(lambda: model_snapshots(info.bootstrap, settings.model_topic) or proc.poll() is not None,
+                 120, "the snapshot published again", log)  # fmt: skip
+        assert model_snapshots(info.bootstrap, settings.model_topic)[-1][0]["learned_events"] == 8000
+
+        subprocess.run([*produce, "10000"], env=env, cwd=REPO, check=True, capture_output=True)
         wait_for(lambda: 18_000 in learned() or proc.poll() is not None, 120, "the rest learned", log)
         assert max(learned()) == 18_000, text()[-3000:]
+
+        # The model topic alone deleted (by hand, say): declared again as it should be, with the snapshot.
+        admin = KafkaAdminClient(bootstrap_servers=info.bootstrap)
+        try:
+            admin.delete_topics([settings.model_topic])
+            wait_for(lambda: [m for m, _ in model_snapshots(info.bootstrap, settings.model_topic)]
+                     or proc.poll() is not None, 120, "the model topic declared again", log)  # fmt: skip
+            manifest = model_snapshots(info.bootstrap, settings.model_topic)[-1][0]
+            assert manifest["learned_events"] == 18_000
+            assert "does not hold the last snapshot" in text()
+            resource = ConfigResource(ConfigResourceType.TOPIC, settings.model_topic)
+            configs = admin.describe_configs([resource])["topic"][settings.model_topic]
+            assert configs["cleanup.policy"]["value"] == "compact", configs
+        finally:
+            admin.close()
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
