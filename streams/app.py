@@ -14,7 +14,6 @@ State:
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,10 +23,6 @@ import faust
 import rocksdict
 
 from streams.settings import Settings, SettingsError
-
-# kafka-python (the admin client of the 30 s changelog check, ``streams.agents``) logs every connection at
-# INFO: about 20 lines every 30 s, which bury the worker's own lines in its log.
-logging.getLogger("kafka").setLevel(logging.WARNING)
 
 try:
     settings = Settings.load()

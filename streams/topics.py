@@ -8,6 +8,7 @@ The three event topics and the updates topic share one partition count (co-parti
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 from kafka import KafkaAdminClient
@@ -17,6 +18,11 @@ from kafka.errors import TopicAlreadyExistsError
 from models.events import Event, InvalidEvent, parse_event
 from models.sharding import partition_for
 from streams.settings import Settings
+
+# kafka-python's admin client (the worker's 30 s changelog check, ``streams.agents``; the trainer's check
+# of its topics every ``model_sync_s``, ``streams.model_sync``) logs every connection at INFO: about 20
+# lines every 30 s, which bury a process's own lines in its log.
+logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 def decode_event(
