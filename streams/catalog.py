@@ -132,6 +132,7 @@ async def follow_topic(
     topic: str,
     apply: Callable[[bytes | None, bytes | None], None],
     on_round: Callable[[dict[int, int], dict[int, int], float], Awaitable[None]] | None = None,
+    isolation_level: str = "read_uncommitted",
 ) -> None:
     """Read every partition of ``topic`` from the beginning, for ever: ``apply(key, value)`` per record.
 
@@ -144,6 +145,7 @@ async def follow_topic(
         group_id=None,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=16 * 1024**2,  # head replicas can be near 1 MB
+        isolation_level=isolation_level,
     )
     await consumer.start()
     try:

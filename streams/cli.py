@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from streams.catalog import Catalog
-    from streams.model_sync import InputRecreated, Trainer
+    from streams.model_sync import InputRecreated, Trainer, TrainerReplaced
     from streams.settings import build_core
     from streams.stopping import exit_if_stop_outlasts
     from streams.topics import ensure_topics
@@ -128,6 +128,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.critical("%s (did the broker lose its data?); exiting without a checkpoint so that the restarted "
                      "trainer reads them from their beginning", exc)  # fmt: skip
         return 3
+    except TrainerReplaced as exc:
+        # Not a failure: a newer trainer runs (a rolling update's replacement, or one started by mistake),
+        # and exit code 0 keeps a supervisor that restarts on failure from starting this one again to
+        # fence it back.
+        log.warning("%s; this trainer (%s) stops: one trainer publishes", exc, trainer.instance)
+        return 0
     return 0
 
 

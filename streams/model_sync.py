@@ -33,29 +33,38 @@ what a sync interval costs in Recall@10 (the ``sequence: synced every N events``
 
 A snapshot is larger than a Kafka record may be (1 MB by default), so it goes out in chunks: keys
 ``chunk/<k>`` (a 16-byte header: snapshot id, number of chunks, chunk index), then the key ``manifest``
-(JSON: id, chunks, bytes, sha256, learned events). Compaction keeps the newest record per key; a reader
-takes a snapshot only when the manifest's chunks are all present with its id and the hash matches, so a
-trainer dying mid-publish leaves the previous snapshot in force.
+(JSON: id, chunks, bytes, sha256, learned events, the trainer instance). Compaction keeps the newest
+record per key; a reader takes a snapshot only when the manifest's chunks are all present with its id
+and the hash matches, so a trainer dying mid-publish leaves the previous snapshot in force.
+
+One trainer publishes: each snapshot is one Kafka transaction of a producer whose transactional id is
+``<app_id>-trainer``, and workers read committed records only. A trainer starting fences the one before
+it (the broker aborts that one's open transaction and refuses its next) and writes a claim (key
+``trainer``) naming itself; the fenced trainer reads the claim and stops (``TrainerReplaced``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import os
+import socket
 import struct
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import kafka.errors
 import numpy as np
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerFenced
 
 from models.config import InterestConfig
 from models.events import Event, InvalidEvent, Item, event_order, resolve_item
@@ -89,14 +98,18 @@ def unbundle(raw: bytes) -> tuple[bytes, bytes | None]:
     return raw[start : start + n], raw[start + n :]
 
 
-def snapshot_records(raw: bytes, snapshot_id: int, learned_events: int) -> Iterator[tuple[bytes, bytes]]:
-    """The (key, value) records that publish ``raw``: its chunks, then the manifest."""
+def snapshot_records(
+    raw: bytes, snapshot_id: int, learned_events: int, trainer: str = ""
+) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, value) records that publish ``raw``: its chunks, then the manifest (``trainer``: the
+    instance that published it)."""
     n = max(1, -(-len(raw) // CHUNK_BYTES))
     for k in range(n):
         body = raw[k * CHUNK_BYTES : (k + 1) * CHUNK_BYTES]
         yield f"chunk/{k}".encode(), _CHUNK_HEADER.pack(snapshot_id, n, k) + body
     manifest = {"id": snapshot_id, "chunks": n, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
-                "learned_events": learned_events, "published_at": time.time()}  # fmt: skip
+                "learned_events": learned_events, "published_at": time.time(),
+                "trainer": trainer}  # fmt: skip
     yield MANIFEST_KEY, json.dumps(manifest).encode()
 
 
@@ -240,7 +253,8 @@ class ServedModel:
                 if self._loading == 0:  # else set once the snapshot being loaded is in force
                     self.caught_up.set()
 
-        await follow_topic(self.bootstrap, self.topic, self._apply, on_round)
+        # committed transactions only: a snapshot a fenced or killed trainer did not finish is never seen
+        await follow_topic(self.bootstrap, self.topic, self._apply, on_round, "read_committed")
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until the topic has been read to its end once (the newest snapshot, if any, is loaded),
@@ -370,6 +384,65 @@ def recreated_topics(saved_ids: dict[str, str | None], ids: dict[str, str | None
     return sorted(t for t, i in ids.items() if i is not None and saved_ids.get(t) not in (None, i))
 
 
+CLAIM_KEY = b"trainer"
+"""The model topic's record naming the trainer that publishes to it (``Trainer.claim``)."""
+
+
+def last_claim(settings) -> dict | None:  # noqa: ANN001
+    """The newest committed claim on the model topic: which trainer instance publishes there now."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(settings.model_topic, bootstrap_servers=settings.broker, group_id=None,
+                             auto_offset_reset="earliest", isolation_level="read_committed",
+                             consumer_timeout_ms=2000, max_partition_fetch_bytes=16 * 1024**2)  # fmt: skip
+    claim = None
+    try:
+        for record in consumer:
+            if record.key == CLAIM_KEY and record.value is not None:
+                claim = json.loads(record.value)
+    finally:
+        consumer.close()
+    return claim
+
+
+PUBLISH_WAIT_S = 40.0
+"""How long a transaction on the model topic (or starting its producer) may take: aiokafka's request
+timeout, which bounded a snapshot's sends before they went out in transactions."""
+
+
+async def _bounded(work: Awaitable[None], what: str) -> None:
+    try:
+        await asyncio.wait_for(work, PUBLISH_WAIT_S)
+    except TimeoutError:
+        raise KafkaTimeoutError(f"{what} did not finish within {PUBLISH_WAIT_S:.0f} s") from None
+
+
+async def _send_all(producer, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:  # noqa: ANN001
+    """``records`` to ``topic`` in one transaction of ``producer``, committed once each is delivered.
+
+    Nothing waits for the records of a transaction that fails or is cancelled: readers never see them
+    (``read_committed``), and the producer is dropped, so none is written after the next one's start."""
+    await producer.begin_transaction()
+    sent = [await producer.send(topic, key=key, value=value) for key, value in records]
+    results = await asyncio.gather(*sent, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+    await producer.commit_transaction()
+
+
+async def _stop_quietly(producer) -> None:  # noqa: ANN001
+    """Stop a producer that may be fenced or cut off from its broker: what it left open, the next
+    producer with its transactional id aborts."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), 5.0)
+
+
+class TrainerReplaced(Exception):
+    """Another trainer (the same ``app_id``) started and claimed the model topic: this one stops, so that
+    one trainer publishes (as in a rolling update, where the new one replaces the old)."""
+
+
 class InputRecreated(Exception):
     """An event topic the trainer is reading was deleted and created again (the broker lost its data)
     while it ran: its positions may point into other records. It exits without a checkpoint, and the
@@ -439,6 +512,9 @@ class Trainer:
         self.positions: dict[tuple[str, int], int] = {}  # input read up to here, as checkpointed
         self.topic_ids: dict[str, str | None] = {}  # the input topics' ids those positions belong to
         self.model_topic_id: str | None = None  # the model topic that holds the last snapshot published
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This process, as its claim and its snapshots' manifests name it."""
+        self.producer = None  # transactional, started by ``_producer``
         if self.checkpoint.exists():
             self._restore()
 
@@ -549,21 +625,77 @@ class Trainer:
             self.model_topic_id = ids[self.settings.model_topic]
         self._save(weights, ranker)
         raw = bundle(weights, ranker)
-        sent = []
-        try:
-            for key, value in snapshot_records(raw, self.snapshot_id, self.model.learned_events):
-                sent.append(await producer.send(self.settings.model_topic, key=key, value=value))
-        finally:  # each chunk delivered or given up on before anything else goes out (no strays later)
-            results = await asyncio.gather(*sent, return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            raise failed[0]
+        await self._in_transaction(
+            snapshot_records(raw, self.snapshot_id, self.model.learned_events, self.instance)
+        )
         log.info("published model snapshot %d (%.1f MB, %d events learned)", self.snapshot_id, len(raw) / 1e6,
                  self.model.learned_events)  # fmt: skip
         try:
             await consumer.commit()
         except KafkaError as exc:  # the offsets only show the lag; a restart goes on from the checkpoint
             log.warning("could not commit the trainer's offsets (%r); its checkpoint holds them", exc)
+
+    async def _producer(self):  # noqa: ANN202 - an aiokafka producer
+        """The transactional producer; started, with this trainer's claim written, if there is none.
+
+        Its transactional id is one per app, so its start fences the producer of any older trainer (the
+        broker aborts that one's open transaction; its next one fails with ``ProducerFenced``). The
+        claim then names this trainer on the model topic: a fenced trainer reads it to tell another
+        trainer taking over from its own transaction outliving the broker's timeout."""
+        if self.producer is None:
+            from aiokafka import AIOKafkaProducer
+
+            s = self.settings
+            producer = AIOKafkaProducer(bootstrap_servers=s.broker, acks="all", max_request_size=2 * 1024**2,
+                                        transactional_id=f"{s.app_id}-trainer")  # fmt: skip
+            claim = json.dumps({"instance": self.instance, "since": time.time()}).encode()
+
+            async def start_and_claim() -> None:
+                await producer.start()
+                await _send_all(producer, s.model_topic, [(CLAIM_KEY, claim)])
+
+            try:
+                await _bounded(start_and_claim(), "starting the trainer's producer")
+            except BaseException:
+                await _stop_quietly(producer)
+                raise
+            log.info("trainer %s claimed the model topic %s", self.instance, s.model_topic)
+            self.producer = producer
+        return self.producer
+
+    async def _in_transaction(self, records: Iterator[tuple[bytes, bytes]]) -> None:
+        """Send ``records`` to the model topic as one transaction: readers (``read_committed``) see all
+        of them or none. Bounded like the sends were before transactions (``PUBLISH_WAIT_S``): a producer
+        that does not finish is dropped, and the next one's start has the broker abort what it left open
+        (the same transactional id)."""
+        producer = await self._producer()
+        try:
+            await _bounded(
+                _send_all(producer, self.settings.model_topic, records), "the snapshot's transaction"
+            )
+        except ProducerFenced:
+            raise
+        except BaseException:
+            self.producer = None
+            await _stop_quietly(producer)
+            raise
+
+    async def _fenced(self) -> None:
+        """After ``ProducerFenced``: stop if another trainer claimed the topic, else start a new producer
+        at the next publish."""
+        loop = asyncio.get_running_loop()
+        claim = await loop.run_in_executor(None, last_claim, self.settings)
+        if claim is not None and claim.get("instance") != self.instance:
+            raise TrainerReplaced(
+                f"trainer {claim.get('instance')} took over the model topic "
+                f"{self.settings.model_topic} (claimed at {claim.get('since')})"
+            )
+        log.warning("this trainer's producer was fenced but the model topic's claim is its own (a "
+                    "transaction that outlived the broker's timeout): a new producer claims the topic "
+                    "again")  # fmt: skip
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await _stop_quietly(producer)
 
     async def snapshot_lost(self) -> bool:
         """Whether the model topic no longer holds the last snapshot published (deleted, or recreated by a
@@ -597,6 +729,9 @@ class Trainer:
         the checkpoint, and the next round tries again."""
         try:
             await self.publish(producer, consumer)
+        except ProducerFenced:
+            await self._fenced()  # TrainerReplaced if another trainer took over
+            return False
         except (KafkaError, kafka.errors.KafkaError) as exc:  # aiokafka's, and the admin client's
             log.warning("could not publish model snapshot %d (%r); its checkpoint is written, the next try "
                         "is in %.0f s", self.snapshot_id, exc, self.settings.model_sync_s)  # fmt: skip
@@ -604,7 +739,7 @@ class Trainer:
         return True
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import AIOKafkaConsumer, TopicPartition
 
         s = self.settings
         catalog_task = asyncio.ensure_future(self.catalog.run())
@@ -612,9 +747,8 @@ class Trainer:
         # only records its progress (``kafka-consumer-groups --describe`` shows the trainer's lag).
         consumer = AIOKafkaConsumer(bootstrap_servers=s.broker, group_id=f"{s.app_id}-trainer",
                                     enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
-        producer = AIOKafkaProducer(bootstrap_servers=s.broker, acks="all", max_request_size=2 * 1024**2)
         await consumer.start()
-        await producer.start()
+        await self._producer()
         try:
             topics = await asyncio.get_running_loop().run_in_executor(None, _event_topics, s)
             tps = [TopicPartition(t, p) for t, (_, ps) in topics.items() for p in ps]
@@ -647,11 +781,12 @@ class Trainer:
                     if not dirty:
                         dirty = await self.snapshot_lost()
                     if dirty:
-                        dirty = not await self.try_publish(producer, consumer)
+                        dirty = not await self.try_publish(self.producer, consumer)
                     last_publish = time.monotonic()
             if dirty:
-                await self.try_publish(producer, consumer)
+                await self.try_publish(self.producer, consumer)
         finally:
             catalog_task.cancel()
             await consumer.stop()
-            await producer.stop()
+            if self.producer is not None:
+                await _stop_quietly(self.producer)

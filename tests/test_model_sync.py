@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -103,17 +104,25 @@ def test_a_snapshot_is_taken_only_when_all_its_chunks_and_its_checksum_are_there
     assert reader.take() == second and json.loads(two[-1][1])["learned_events"] == 9
 
 
+def model_records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """The model topic's committed records, in order: what a worker reads."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                             consumer_timeout_ms=1500, max_partition_fetch_bytes=16 * 1024**2,
+                             isolation_level="read_committed")  # fmt: skip
+    try:
+        return [(msg.key, msg.value) for msg in consumer]
+    finally:
+        consumer.close()
+
+
 def model_snapshots(bootstrap: str, topic: str) -> list[tuple[dict, bytes]]:
     """Every complete snapshot on the model topic so far, oldest first."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             consumer_timeout_ms=1500, max_partition_fetch_bytes=16 * 1024**2)  # fmt: skip
     reader, out = SnapshotAssembler(), []
-    for msg in consumer:
-        reader.apply(msg.key, msg.value)
+    for key, value in model_records(bootstrap, topic):
+        reader.apply(key, value)
         raw = reader.take()
         if raw is not None:
             out.append((reader.manifest, raw))
-    consumer.close()
     return out
 
 
@@ -201,6 +210,59 @@ def test_trainer_and_worker_share_one_model_through_the_broker(kafka_bootstrap, 
                   for k, (ts, i, t) in enumerate(mine)]  # fmt: skip
         expected = model.user_vectors_of([window])[0]
         np.testing.assert_allclose(final["sequence"]["vector"], expected, atol=2e-4)
+
+
+@pytest.mark.integration
+def test_a_newer_trainer_takes_over_the_model_topic_and_the_older_one_stops(kafka_bootstrap, tmp_path):
+    """Two trainers of one app (a rolling update's overlap, or a second one started by mistake) both
+    published, each its own snapshots, and workers served whichever came last. Their producers share a
+    transactional id: the newer trainer's start fences the older one, whose next snapshot is aborted, and
+    which then stops (exit code 0) because the model topic's claim names the newer one."""
+    run = uuid.uuid4().hex[:8]
+    extra = {"INTEREST_PARTITIONS": "3", "INTEREST_MODEL_TOPIC": f"t-{run}-model",
+             "INTEREST_MODEL_SYNC_S": "2"}  # fmt: skip
+    env_a = worker_env(kafka_bootstrap, f"t-{run}", tmp_path / "a", **extra)
+    env_b = dict(env_a, INTEREST_STATE_DIR=str(tmp_path / "b" / "state"))  # its own checkpoint, the same app
+    settings = Settings.load(env_a)
+    ensure_topics(settings)
+    records = sorted(movielens_events(max_users=8), key=lambda r: (r[1]["ts"], r[1]["event_id"]))
+    half = len(records) // 2
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    send_items(producer, settings, movielens_items(), {e["item_id"] for _, e in records})
+    send_events(producer, settings, records[:half])
+    log_a, log_b = tmp_path / "trainer-a.log", tmp_path / "trainer-b.log"
+
+    def claimed(log: Path) -> str | None:
+        found = re.search(r"trainer (\S+) claimed the model topic", log.read_text(errors="replace"))
+        return found.group(1) if found else None
+
+    def last() -> dict:
+        snaps = model_snapshots(kafka_bootstrap, settings.model_topic)
+        return snaps[-1][0] if snaps else {}
+
+    a = start_trainer(env_a, log_a)
+    b = None
+    try:
+        wait_for(lambda: last().get("learned_events") == half, 180, "trainer A's snapshot", log_a)
+        assert last()["trainer"] == claimed(log_a)
+        b = start_trainer(env_b, log_b)
+        wait_for(lambda: claimed(log_b) is not None or b.poll() is not None, 120, "trainer B's claim", log_b)
+        send_events(producer, settings, records[half:])  # A learns them too, and tries to publish them
+        assert a.wait(120) == 0, log_a.read_text(errors="replace")[-3000:]
+        assert f"trainer {claimed(log_b)} took over the model topic" in log_a.read_text(errors="replace")
+        wait_for(lambda: last().get("learned_events") == len(records), 180, "B's snapshot of all", log_b)
+    finally:
+        for proc in (a, b):
+            if proc is not None:
+                stop_worker(proc)
+        producer.close()
+    # What workers read: from B's claim on, B's snapshots only (A's last one was aborted).
+    topic = model_records(kafka_bootstrap, settings.model_topic)
+    since = max(i for i, (k, v) in enumerate(topic) if k == model_sync.CLAIM_KEY)
+    assert json.loads(topic[since][1])["instance"] == claimed(log_b)
+    after = [json.loads(v)["trainer"] for k, v in topic[since:] if k == model_sync.MANIFEST_KEY]
+    assert after and set(after) == {claimed(log_b)}
+    assert last() == json.loads(topic[-1][1]) and last()["trainer"] == claimed(log_b)
 
 
 def _fake_vectors(items, dim: int = 8) -> dict[str, np.ndarray]:
