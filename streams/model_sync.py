@@ -385,7 +385,7 @@ def recreated_topics(saved_ids: dict[str, str | None], ids: dict[str, str | None
 
 
 CLAIM_KEY = b"trainer"
-"""The model topic's record naming the trainer that publishes to it (``Trainer.claim``)."""
+"""The model topic's record naming the trainer that publishes to it (``Trainer._producer``)."""
 
 
 def last_claim(settings) -> dict | None:  # noqa: ANN001
@@ -596,7 +596,7 @@ class Trainer:
             self.ranker.add_items((i, embeddings[item.encoder_text]) for i, item in chunk)
         return len(new)
 
-    async def publish(self, producer, consumer) -> None:  # noqa: ANN001 - aiokafka clients
+    async def publish(self, consumer) -> None:  # noqa: ANN001 - an aiokafka consumer
         """Checkpoint, publish, commit: in that order, so the checkpoint (weights *and* the input
         positions they have learned up to) is what a restart resumes from, and the committed offsets
         only show the trainer's lag. Before the checkpoint, that the input topics are still the ones its
@@ -723,12 +723,12 @@ class Trainer:
                     self.model_topic_id)  # fmt: skip
         return True
 
-    async def try_publish(self, producer, consumer) -> bool:  # noqa: ANN001 - aiokafka clients
+    async def try_publish(self, consumer) -> bool:  # noqa: ANN001 - an aiokafka consumer
         """``publish``; True when the snapshot went out. A broker that does not take it (away, or not
         answering within the producer's request timeout) is not a reason to die: what was learned is in
         the checkpoint, and the next round tries again."""
         try:
-            await self.publish(producer, consumer)
+            await self.publish(consumer)
         except ProducerFenced:
             await self._fenced()  # TrainerReplaced if another trainer took over
             return False
@@ -781,10 +781,10 @@ class Trainer:
                     if not dirty:
                         dirty = await self.snapshot_lost()
                     if dirty:
-                        dirty = not await self.try_publish(self.producer, consumer)
+                        dirty = not await self.try_publish(consumer)
                     last_publish = time.monotonic()
             if dirty:
-                await self.try_publish(self.producer, consumer)
+                await self.try_publish(consumer)
         finally:
             catalog_task.cancel()
             await consumer.stop()
