@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from streams.catalog import Catalog
-    from streams.model_sync import InputRecreated, Trainer, TrainerReplaced
+    from streams.model_sync import InputRecreated, Trainer, TrainerReplaced, quiet_fences
     from streams.settings import build_core
     from streams.stopping import exit_if_stop_outlasts
     from streams.topics import ensure_topics
@@ -116,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop = asyncio.Event()  # SIGTERM / Ctrl-C: learn what was read, publish it, then exit
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        asyncio.get_running_loop().set_exception_handler(quiet_fences)
         # publishing waits for a broker that may be gone: bounded like a worker's stop
         exit_if_stop_outlasts(stop.is_set, settings.stop_grace_s, log, "its checkpoint")
         await trainer.run(stop)

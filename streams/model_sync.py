@@ -438,6 +438,17 @@ async def _stop_quietly(producer) -> None:  # noqa: ANN001
         await asyncio.wait_for(producer.stop(), 5.0)
 
 
+def quiet_fences(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """An event loop exception handler: aiokafka leaves ``ProducerFenced`` set on internal futures that
+    nobody awaits, and asyncio reports each as "Future exception was never retrieved" at ERROR. For a
+    trainer that another one fenced, that is the expected end, said once in its own words
+    (``TrainerReplaced``); everything else goes to the default handler."""
+    fenced = isinstance(context.get("exception"), ProducerFenced)
+    if fenced and "never retrieved" in context.get("message", ""):
+        return
+    loop.default_exception_handler(context)
+
+
 class TrainerReplaced(Exception):
     """Another trainer (the same ``app_id``) started and claimed the model topic: this one stops, so that
     one trainer publishes (as in a rolling update, where the new one replaces the old)."""
