@@ -629,10 +629,8 @@ class Trainer:
             log.warning("the model topic %s does not exist: creating it", self.settings.model_topic)
             await loop.run_in_executor(None, ensure_topics, self.settings)
             ids = await loop.run_in_executor(None, _topic_ids_now, self.settings)
-        changed = recreated_topics(self.topic_ids, ids) if ids is not None else []
-        if changed:
-            raise InputRecreated(f"input topics recreated while the trainer read them: {changed}")
         if ids is not None:
+            self._inputs_unchanged(ids, "read them")
             self.model_topic_id = ids[self.settings.model_topic]
         self._save(weights, ranker)
         raw = bundle(weights, ranker)
@@ -645,6 +643,13 @@ class Trainer:
             await consumer.commit()
         except KafkaError as exc:  # the offsets only show the lag; a restart goes on from the checkpoint
             log.warning("could not commit the trainer's offsets (%r); its checkpoint holds them", exc)
+
+    def _inputs_unchanged(self, ids: dict[str, str | None], doing: str) -> None:
+        """``InputRecreated`` if an input topic's id (``ids``: the broker's now) is not the one the
+        trainer's positions count in."""
+        changed = recreated_topics(self.topic_ids, ids)
+        if changed:
+            raise InputRecreated(f"input topics recreated while the trainer {doing}: {changed}")
 
     async def _producer(self):  # noqa: ANN202 - an aiokafka producer
         """The transactional producer; started, with this trainer's claim written, if there is none.
@@ -722,9 +727,7 @@ class Trainer:
             return False
         if ids is None:
             return False
-        changed = recreated_topics(self.topic_ids, ids)
-        if changed:
-            raise InputRecreated(f"input topics recreated while the trainer waited for events: {changed}")
+        self._inputs_unchanged(ids, "waited for events")
         now = ids[self.settings.model_topic]
         if now is not None and now == self.model_topic_id:
             return False
