@@ -379,17 +379,7 @@ class SequenceModel:
         touched user's window, predicting this batch's events of the user (each from the events before
         it), and ``replay`` earlier users' windows at every position. Returns the last step's loss."""
         cfg = self.config
-        new: dict[str, int] = {}
-        slots: list[int] = []
-        for event, _ in batch:
-            hist = self.history.get(event.user_id)
-            if hist is None:
-                hist = self.history[event.user_id] = deque(maxlen=cfg.max_len + 1)
-                self._seen_users.append(event.user_id)
-            row = self.index[event.item_id]
-            hist.append((row, EVENT_TYPES.index(event.type), event.ts))
-            slots.append(self._buckets[row])
-            new[event.user_id] = new.get(event.user_id, 0) + 1
+        new, slots = self._append(batch)
         if slots:  # one indexed write, not one per event (each a kernel launch on a GPU)
             self.net.id_learned[torch.tensor(slots, device=self.device)] = 1.0
         self.learned_events += len(batch)
@@ -404,6 +394,26 @@ class SequenceModel:
                 loss = self._step(jobs + [(u, cfg.max_len) for u in replay if len(self.history[u]) >= 2])
             self._torch_rng = torch.get_rng_state()
         return loss
+
+    def remember(self, batch: Sequence[tuple[Event, Item]]) -> None:
+        """Append the batch's events to their users' windows without learning from them: a trainer that
+        goes on from a published snapshot (whose weights learned them already) rebuilds its windows so."""
+        self._append(batch)
+
+    def _append(self, batch: Sequence[tuple[Event, Item]]) -> tuple[dict[str, int], list[int]]:
+        """Each event onto its user's window; (events per user, the events' ID slots)."""
+        new: dict[str, int] = {}
+        slots: list[int] = []
+        for event, _ in batch:
+            hist = self.history.get(event.user_id)
+            if hist is None:
+                hist = self.history[event.user_id] = deque(maxlen=self.config.max_len + 1)
+                self._seen_users.append(event.user_id)
+            row = self.index[event.item_id]
+            hist.append((row, EVENT_TYPES.index(event.type), event.ts))
+            slots.append(self._buckets[row])
+            new[event.user_id] = new.get(event.user_id, 0) + 1
+        return new, slots
 
     def _step(self, jobs: Sequence[tuple[str, int]]) -> float:
         """One Adam step; ``jobs``: (user, how many of the window's last targets to learn)."""

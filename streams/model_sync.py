@@ -99,10 +99,16 @@ def unbundle(raw: bytes) -> tuple[bytes, bytes | None]:
 
 
 def snapshot_records(
-    raw: bytes, snapshot_id: int, learned_events: int, trainer: str = ""
+    raw: bytes,
+    snapshot_id: int,
+    learned_events: int,
+    trainer: str = "",
+    positions: dict[tuple[str, int], int] | None = None,
+    topic_ids: dict[str, str | None] | None = None,
 ) -> Iterator[tuple[bytes, bytes]]:
     """The (key, value) records that publish ``raw``: its chunks, then the manifest (``trainer``: the
-    instance that published it)."""
+    instance that published it; ``positions``: the input offsets it has learned up to, in the topics of
+    ``topic_ids``, so a trainer that lost its checkpoint goes on from here: ``Trainer.go_on_from_topic``)."""
     n = max(1, -(-len(raw) // CHUNK_BYTES))
     for k in range(n):
         body = raw[k * CHUNK_BYTES : (k + 1) * CHUNK_BYTES]
@@ -110,6 +116,11 @@ def snapshot_records(
     manifest = {"id": snapshot_id, "chunks": n, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
                 "learned_events": learned_events, "published_at": time.time(),
                 "trainer": trainer}  # fmt: skip
+    if positions is not None:
+        manifest["positions"] = [
+            [topic, partition, offset] for (topic, partition), offset in sorted(positions.items())
+        ]
+        manifest["topic_ids"] = topic_ids or {}
     yield MANIFEST_KEY, json.dumps(manifest).encode()
 
 
@@ -388,21 +399,38 @@ CLAIM_KEY = b"trainer"
 """The model topic's record naming the trainer that publishes to it (``Trainer._producer``)."""
 
 
-def last_claim(settings) -> dict | None:  # noqa: ANN001
-    """The newest committed claim on the model topic: which trainer instance publishes there now."""
+def _model_topic(settings) -> Iterator[tuple[bytes | None, bytes | None]]:  # noqa: ANN001
+    """The model topic's committed records, oldest first, as a worker reads them (blocking)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(settings.model_topic, bootstrap_servers=settings.broker, group_id=None,
                              auto_offset_reset="earliest", isolation_level="read_committed",
                              consumer_timeout_ms=2000, max_partition_fetch_bytes=16 * 1024**2)  # fmt: skip
-    claim = None
     try:
         for record in consumer:
-            if record.key == CLAIM_KEY and record.value is not None:
-                claim = json.loads(record.value)
+            yield record.key, record.value
     finally:
         consumer.close()
+
+
+def last_claim(settings) -> dict | None:  # noqa: ANN001
+    """The newest committed claim on the model topic: which trainer instance publishes there now."""
+    claim = None
+    for key, value in _model_topic(settings):
+        if key == CLAIM_KEY and value is not None:
+            claim = json.loads(value)
     return claim
+
+
+def latest_snapshot(settings) -> tuple[dict, bytes] | None:  # noqa: ANN001
+    """The newest complete snapshot on the model topic (manifest, bytes): what workers serve now."""
+    reader, found = SnapshotAssembler(), None
+    for key, value in _model_topic(settings):
+        reader.apply(key, value)
+        raw = reader.take()
+        if raw is not None:
+            found = (reader.manifest, raw)
+    return found
 
 
 PUBLISH_WAIT_S = 40.0
@@ -597,6 +625,22 @@ class Trainer:
             self.recent.add(event.user_id, event.ts, event.item_id)
         self.model.learn(pairs)
 
+    def remember(self, pairs: list[tuple[Event, Item]]) -> None:
+        """What ``learn`` does to the users' windows (the model's and the ranker's queries) and the
+        model's catalogue rows, without learning: for events a published snapshot has learned already.
+        Text vectors come from the snapshot's ranker (float32, as ``learn`` gave them) where it has them,
+        so a trainer on a new volume does not encode its catalogue again."""
+        pairs.sort(key=lambda p: event_order(p[0]))
+        new = {e.item_id: item for e, item in pairs if e.item_id not in self.model.index}
+        known, rows = self.ranker.text_vectors(), self.ranker.index
+        rest = [item for item_id, item in new.items() if item_id not in rows]
+        embedded = self.core.embed(rest) if rest else {}
+        vectors = {i: known[rows[i]] if i in rows else embedded[item.encoder_text] for i, item in new.items()}
+        self.model.add_items(list(vectors.items()))
+        for event, _ in pairs:
+            self.recent.add(event.user_id, event.ts, event.item_id)
+        self.model.remember(pairs)
+
     def add_catalogue(self) -> int:
         """Make every catalogue item rankable (by its text) before anyone acted on it, as ``evaluate``
         does; returns how many were added (their texts go through the embedding cache)."""
@@ -634,9 +678,9 @@ class Trainer:
             self.model_topic_id = ids[self.settings.model_topic]
         self._save(weights, ranker)
         raw = bundle(weights, ranker)
-        await self._in_transaction(
-            snapshot_records(raw, self.snapshot_id, self.model.learned_events, self.instance)
-        )
+        records = snapshot_records(raw, self.snapshot_id, self.model.learned_events, self.instance,
+                                   self.positions, self.topic_ids)  # fmt: skip
+        await self._in_transaction(records)
         log.info("published model snapshot %d (%.1f MB, %d events learned)", self.snapshot_id, len(raw) / 1e6,
                  self.model.learned_events)  # fmt: skip
         try:
@@ -713,6 +757,88 @@ class Trainer:
         if producer is not None:
             await _stop_quietly(producer)
 
+    async def go_on_from_topic(self, consumer, ids: dict[str, str | None], ends: dict) -> bool:  # noqa: ANN001
+        """Take the model topic's newest snapshot in place of the checkpoint where it has learned more
+        (no checkpoint: a new volume, a lost disk; an old one: a backup, a trainer that was replaced), and
+        rebuild the users' windows from the input topics up to the positions its manifest names. Returns
+        whether it did.
+
+        Learning everything again from the topics' beginnings, as a trainer without a checkpoint did,
+        loses from the model whatever retention has deleted, and publishes younger models than the one
+        workers serve until it has caught up. Going on from the snapshot loses neither; what it does not
+        carry starts afresh: the optimiser's moments and the random streams (so the weights learned from
+        here differ from an uninterrupted trainer's, as any restart's order of batches may), and the
+        windows of events that retention deleted."""
+        from models.sequence import SequenceModel
+
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, latest_snapshot, self.settings)
+        if found is None or found[0]["learned_events"] <= self.model.learned_events:
+            return False
+        manifest, raw = found
+        mine = (
+            f"its checkpoint's {self.model.learned_events}" if self.checkpoint.exists() else "no checkpoint"
+        )
+        if "positions" not in manifest:
+            log.warning("the model topic's snapshot %s has learned %d events (this trainer: %s) but names no "
+                        "input positions (published before they were kept): it cannot be gone on from",
+                        manifest["id"], manifest["learned_events"], mine)  # fmt: skip
+            return False
+        started = time.monotonic()
+        sequence, ranker = unbundle(raw)
+        self.model = SequenceModel.from_bytes(sequence, self.device)
+        self._train_as_set()
+        self.ranker = (NextItemRanker(self.core.config, self.core.dim) if ranker is None
+                       else NextItemRanker.from_bytes(ranker, self.core.config))  # fmt: skip
+        self.recent = RecentItems(self.core.config.history_len)
+        self.snapshot_id = int(manifest["id"])
+        self.positions = {(topic, partition): offset for topic, partition, offset in manifest["positions"]}
+        self.topic_ids = dict(manifest["topic_ids"])
+        now = await loop.run_in_executor(None, _topic_ids_now, self.settings)
+        self.model_topic_id = None if now is None else now[self.settings.model_topic]
+        log.warning("trainer: %s, and the model topic's snapshot %d (by %s) has learned %d events: going on "
+                    "from the model topic's snapshot; its optimiser's moments start afresh", mine,
+                    self.snapshot_id, manifest.get("trainer") or "an unnamed trainer",
+                    manifest["learned_events"])  # fmt: skip
+        # the windows: every event the snapshot learned that the topics still hold (recreated topics are
+        # read whole and learned, ``resume_positions``)
+        upto = {tp: min(self.positions.get(tp, 0), end) for tp, end in ends.items()
+                if self.topic_ids.get(tp[0]) == ids.get(tp[0])}  # fmt: skip
+        events = await self._remember_upto(consumer, upto)
+        log.info("trainer: rebuilt %d users' windows from %d events in %.1f s", len(self.recent.of), events,
+                 time.monotonic() - started)  # fmt: skip
+        return True
+
+    async def _remember_upto(self, consumer, upto: dict[tuple[str, int], int]) -> int:  # noqa: ANN001
+        """Read each input partition from its beginning to its offset in ``upto``, ``remember``-ing the
+        events; returns how many."""
+        from aiokafka import TopicPartition
+
+        todo = {TopicPartition(*tp): end for tp, end in upto.items() if end > 0}
+        for tp in todo:
+            await consumer.seek_to_beginning(tp)
+        seen, idle = 0, 0
+        while todo:
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+            if not todo:
+                break
+            batch = await consumer.getmany(*todo, timeout_ms=500, max_records=self.settings.max_batch)
+            decoded = (self.decode(tp.topic, tp.partition, r.key, r.value)
+                       for tp, records in batch.items() if tp in todo
+                       for r in records if r.offset < todo[tp])  # fmt: skip
+            pairs = [pair for pair in decoded if pair is not None]
+            if pairs:
+                await asyncio.get_running_loop().run_in_executor(None, self.remember, pairs)
+            seen += len(pairs)
+            idle = 0 if batch else idle + 1
+            if idle >= 20:  # 10 s without a record below the positions: what is left is not there
+                log.warning("trainer: input %s ended below the snapshot's positions while rebuilding windows",
+                            sorted((tp.topic, tp.partition) for tp in todo))  # fmt: skip
+                break
+        return seen
+
     async def snapshot_lost(self) -> bool:
         """Whether the model topic no longer holds the last snapshot published (deleted, or recreated by a
         broker that lost its data): workers starting now would serve no model until the trainer next
@@ -769,6 +895,9 @@ class Trainer:
             consumer.assign(tps)
             ids = {t: topic_id for t, (topic_id, _) in topics.items()}
             ends = {(tp.topic, tp.partition): end for tp, end in (await consumer.end_offsets(tps)).items()}
+            while not await self.catalog.wait_caught_up(10.0):
+                log.warning("trainer: waiting for the item catalog")
+            await self.go_on_from_topic(consumer, ids, ends)
             starts, notes = resume_positions(self.positions, self.topic_ids, ids, ends)
             for note in notes:
                 log.warning(note)
@@ -779,8 +908,6 @@ class Trainer:
                     await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, position)
-            while not await self.catalog.wait_caught_up(10.0):
-                log.warning("trainer: waiting for the item catalog")
             dirty = await self.snapshot_lost()  # a checkpoint whose snapshot the broker no longer has
             last_publish = time.monotonic() - (s.model_sync_s if dirty else 0.0)
             while stop is None or not stop.is_set():

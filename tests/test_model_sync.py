@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -265,6 +266,85 @@ def test_a_newer_trainer_takes_over_the_model_topic_and_the_older_one_stops(kafk
     after = [json.loads(v)["trainer"] for k, v in topic[since:] if k == model_sync.MANIFEST_KEY]
     assert after and set(after) == {claimed(log_b)}
     assert last() == json.loads(topic[-1][1]) and last()["trainer"] == claimed(log_b)
+
+
+@pytest.mark.integration
+def test_a_trainer_that_lost_its_checkpoint_goes_on_from_the_published_snapshot(kafka_bootstrap, tmp_path):
+    """A trainer whose checkpoint is gone (a new volume, a lost disk) learned everything again from the
+    input topics' beginnings: what retention had deleted was lost from the model for good, and until it
+    caught up the trainer published younger models than the one workers served. It now goes on from the
+    newest snapshot on the model topic (which names the input positions it learned up to), rebuilding the
+    users' windows from what the topics still hold."""
+    import torch
+    from kafka import KafkaAdminClient, TopicPartition
+
+    from models.ranker import RecentItems
+
+    run = uuid.uuid4().hex[:8]
+    extra = {"INTEREST_PARTITIONS": "3", "INTEREST_MODEL_TOPIC": f"l-{run}-model",
+             "INTEREST_MODEL_SYNC_S": "2"}  # fmt: skip
+    env = worker_env(kafka_bootstrap, f"l-{run}", tmp_path, **extra)
+    settings = Settings.load(env)
+    ensure_topics(settings)
+    trainer_dir = Path(settings.state_dir).parent / "trainer"  # where `train` keeps its checkpoint
+    records = sorted(movielens_events(max_users=8), key=lambda r: (r[1]["ts"], r[1]["event_id"]))
+    third = len(records) // 3
+    parts = [records[:third], records[third : 2 * third], records[2 * third :]]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    send_items(producer, settings, movielens_items(), {e["item_id"] for _, e in records})
+    log = tmp_path / "trainer.log"
+
+    def learned() -> int:
+        snaps = model_snapshots(kafka_bootstrap, settings.model_topic)
+        return snaps[-1][0]["learned_events"] if snaps else -1
+
+    def train_until(count: int) -> dict:
+        """A trainer on a fresh volume, run until a snapshot has learned ``count`` events; its checkpoint."""
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+        trainer = start_trainer(env, log)
+        try:
+            wait_for(lambda: learned() == count, 180, f"a snapshot of {count} events", log)
+        finally:
+            stop_worker(trainer)
+        return torch.load(trainer_dir / "trainer-checkpoint.pt", weights_only=False)
+
+    send_events(producer, settings, parts[0])
+    train_until(len(parts[0]))
+    send_events(producer, settings, parts[1])
+    saved = train_until(2 * third)  # went on from the first trainer's snapshot
+    assert log.read_text().count("going on from the model topic's snapshot") == 1
+    # the windows it rebuilt from the topics are exactly the ones learning every event would leave
+    expected = RecentItems(settings.model.history_len)
+    for _, e in records[: 2 * third]:
+        expected.add(e["user_id"], e["ts"], e["item_id"])
+    assert {u: [tuple(x) for x in h] for u, h in saved["recent"].items()} == expected.of
+    window = SequenceConfig().max_len + 1
+    counts = {u: sum(e["user_id"] == u for _, e in records[: 2 * third]) for u in expected.of}
+    assert {u: len(h) for u, h in saved["histories"]["history"].items()} == {
+        u: min(n, window) for u, n in counts.items()
+    }
+    # retention deletes everything sent so far: a trainer starting from scratch could not learn it again
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    ends = {tp: saved["positions"][(tp.topic, tp.partition)]
+            for tp in (TopicPartition(t, p) for t, p in saved["positions"])}  # fmt: skip
+    admin.delete_records({tp: end for tp, end in ends.items() if end > 0})
+    admin.close()
+    send_events(producer, settings, parts[2])
+    train_until(len(records))
+    producer.close()
+
+    # every snapshot the three trainers published, in order: none younger than the one before it
+    line = r"published model snapshot (\d+) \(.*?, (\d+) events learned"
+    published = [(int(n), int(e)) for n, e in re.findall(line, log.read_text())]
+    assert [n for n, _ in published] == list(range(1, len(published) + 1))
+    assert [e for _, e in published] == sorted(e for _, e in published)
+    _, raw = model_snapshots(kafka_bootstrap, settings.model_topic)[-1]
+    ranker = NextItemRanker.from_bytes(model_sync.unbundle(raw)[1], settings.model)
+    counted: dict[str, int] = {}
+    for _, e in records:
+        counted[e["item_id"]] = counted.get(e["item_id"], 0) + 1
+    assert {i: int(ranker._pop[ranker.index[i]]) for i in counted} == counted  # every event once
+    assert log.read_text().count("going on from the model topic's snapshot") == 2
 
 
 def _fake_vectors(items, dim: int = 8) -> dict[str, np.ndarray]:
