@@ -139,8 +139,13 @@ class SnapshotAssembler:
             manifest = json.loads(value)
             parts = [self.chunks.get(k) for k in range(manifest["chunks"])]
             if any(p is None or p[0] != manifest["id"] for p in parts):
-                log.warning("model snapshot %s is incomplete on the topic; keeping the previous one",
-                            manifest["id"])  # fmt: skip
+                # Chunks of a newer snapshot in its place: compaction kept this manifest (the last of its
+                # key in a cleaned segment) and removed its chunks, which the newer ones replace; that
+                # newer snapshot follows. Anything else is a snapshot that never arrived whole.
+                newer = any(p is not None and p[0] > manifest["id"] for p in parts)
+                (log.debug if newer else log.warning)(
+                    "model snapshot %s is incomplete on the topic; keeping the previous one", manifest["id"]
+                )
                 return
             raw = b"".join(p[1] for p in parts)  # type: ignore[index]
             if len(raw) != manifest["bytes"] or hashlib.sha256(raw).hexdigest() != manifest["sha256"]:

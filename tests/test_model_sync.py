@@ -81,7 +81,7 @@ def test_the_trainer_skips_what_the_workers_dead_letter(tmp_path):
     assert trainer.skipped == 3
 
 
-def test_a_snapshot_is_taken_only_when_all_its_chunks_and_its_checksum_are_there(monkeypatch):
+def test_a_snapshot_is_taken_only_when_all_its_chunks_and_its_checksum_are_there(monkeypatch, caplog):
     monkeypatch.setattr(model_sync, "CHUNK_BYTES", 10)
     first, second = bytes(range(35)), bytes(range(100, 125))
     one = list(snapshot_records(first, 1, learned_events=5))
@@ -103,6 +103,24 @@ def test_a_snapshot_is_taken_only_when_all_its_chunks_and_its_checksum_are_there
     for key, value in two:
         reader.apply(key, value)
     assert reader.take() == second and json.loads(two[-1][1])["learned_events"] == 9
+    # Compaction: a cleaned segment kept snapshot 2's manifest, the chunks that replaced its chunks are
+    # snapshot 3's, and snapshot 3's manifest follows. Snapshot 2 is not taken, and that is no fault.
+    three = list(snapshot_records(bytes(range(200, 230)), 3, learned_events=12))
+    reader, compacted = SnapshotAssembler(), [*three[:2], two[-1], *three[2:]]
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="interest_stream.model_sync"):
+        taken = []
+        for key, value in compacted:
+            reader.apply(key, value)
+            taken.append(reader.take())
+    assert taken[2] is None and taken[-1] == bytes(range(200, 230))
+    assert [r.levelname for r in caplog.records if "incomplete" in r.message] == ["DEBUG"]
+    reader = SnapshotAssembler()
+    for key, value in [*one[:-1], *two[:1], *two[2:-1]]:  # snapshot 2's chunk 1 never came: a warning
+        reader.apply(key, value)
+    with caplog.at_level("DEBUG", logger="interest_stream.model_sync"):
+        reader.apply(*two[-1])
+    assert caplog.records[-1].levelname == "WARNING" and reader.take() is None
 
 
 def model_records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
