@@ -791,7 +791,14 @@ class Trainer:
             return False
         started = time.monotonic()
         sequence, ranker = unbundle(raw)
-        self.model = SequenceModel.from_bytes(sequence, self.device)
+        model = SequenceModel.from_bytes(sequence, self.device)
+        text_dim = model.net.text_proj.in_features
+        if text_dim != self.core.dim:
+            log.warning("the model topic's snapshot %s was learned on %d-d text vectors, this trainer's "
+                        "encoder gives %d-d: not gone on from", manifest["id"], text_dim,
+                        self.core.dim)  # fmt: skip
+            return False
+        self.model = model
         self._train_as_set()
         self.ranker = (NextItemRanker(self.core.config, self.core.dim) if ranker is None
                        else NextItemRanker.from_bytes(ranker, self.core.config))  # fmt: skip

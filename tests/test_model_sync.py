@@ -502,3 +502,38 @@ def test_the_trainer_takes_the_steps_it_is_set_to_also_when_it_resumes_from_a_ch
     first._save(first.model.to_bytes(), first.ranker.to_bytes())  # its snapshot's config says 1 step
     assert trainer("3").model.config.steps == 3
     assert trainer("0").model.config.steps == SequenceConfig().steps == 2  # unset: the default again
+
+
+def test_a_trainer_goes_on_only_from_a_snapshot_that_is_ahead_names_its_positions_and_fits_its_encoder(
+    tmp_path, monkeypatch
+):
+    import asyncio
+    from types import SimpleNamespace
+
+    settings = Settings.load({})
+    monkeypatch.setattr(model_sync, "_topic_ids_now", lambda _settings: None)
+
+    def published(dim: int, learned: int, positions=None) -> tuple[dict, bytes]:  # noqa: ANN001
+        model = SequenceModel(dim)
+        model.learned_events = learned
+        raw = model_sync.bundle(model.to_bytes(), NextItemRanker(settings.model, dim).to_bytes())
+        records = snapshot_records(raw, 7, learned, "elsewhere:1:x", positions, {"click": "id-c"})
+        return json.loads(list(records)[-1][1]), raw
+
+    def go_on(snapshot: tuple[dict, bytes] | None) -> tuple[bool, model_sync.Trainer]:
+        monkeypatch.setattr(model_sync, "latest_snapshot", lambda _settings: snapshot)
+        trainer = model_sync.Trainer(settings, SimpleNamespace(dim=8, config=settings.model), None, tmp_path)
+        return asyncio.run(trainer.go_on_from_topic(None, {"click": "id-c"}, {})), trainer
+
+    assert go_on(None)[0] is False  # nothing published yet: learn from the beginning
+    assert go_on(published(8, 40))[0] is False  # published before manifests named their positions
+    assert go_on(published(16, 40, {("click", 0): 40}))[0] is False  # another encoder's text vectors
+    done, trainer = go_on(published(8, 40, {("click", 0): 30, ("click", 1): 10}))
+    assert done and trainer.snapshot_id == 7 and trainer.model.learned_events == 40
+    assert trainer.positions == {("click", 0): 30, ("click", 1): 10} and trainer.topic_ids == {
+        "click": "id-c"
+    }
+    # a checkpoint that has learned as much as the topic's snapshot stays (it has the optimiser's moments)
+    trainer._save(trainer.model.to_bytes(), trainer.ranker.to_bytes())
+    assert go_on(published(8, 40, {("click", 0): 40}))[0] is False
+    assert go_on(published(8, 41, {("click", 0): 41}))[0] is True
