@@ -404,16 +404,36 @@ CLAIM_KEY = b"trainer"
 """The model topic's record naming the trainer that publishes to it (``Trainer._producer``)."""
 
 
-def _model_topic(settings) -> Iterator[tuple[bytes | None, bytes | None]]:  # noqa: ANN001
-    """The model topic's committed records, oldest first, as a worker reads them (blocking)."""
-    from kafka import KafkaConsumer
+READ_MODEL_TOPIC_S = 120.0
+"""How long reading the model topic to its end may take (a trainer's start, a fenced trainer)."""
 
-    consumer = KafkaConsumer(settings.model_topic, bootstrap_servers=settings.broker, group_id=None,
-                             auto_offset_reset="earliest", isolation_level="read_committed",
-                             consumer_timeout_ms=2000, max_partition_fetch_bytes=16 * 1024**2)  # fmt: skip
+
+def _model_topic(settings) -> Iterator[tuple[bytes | None, bytes | None]]:  # noqa: ANN001
+    """The model topic's committed records, oldest first, as a worker reads them (blocking), up to its
+    end as of the call (its last stable offset: an open transaction's records are not waited for).
+    To the end, not until records stop coming for a while: a trainer that stopped reading early on a slow
+    broker would miss the newest snapshot, and go on from an older one or learn everything again."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
+                             isolation_level="read_committed",
+                             max_partition_fetch_bytes=16 * 1024**2)  # fmt: skip
     try:
-        for record in consumer:
-            yield record.key, record.value
+        partitions = consumer.partitions_for_topic(settings.model_topic) or set()
+        tps = [TopicPartition(settings.model_topic, p) for p in sorted(partitions)]
+        if not tps:
+            return
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        deadline = time.monotonic() + READ_MODEL_TOPIC_S
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                late = f"the model topic {settings.model_topic} was not read to its end within "
+                raise kafka.errors.KafkaTimeoutError(f"{late}{READ_MODEL_TOPIC_S:.0f} s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    yield record.key, record.value
     finally:
         consumer.close()
 
