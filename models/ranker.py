@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import bisect
 import io
+import itertools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -544,6 +545,23 @@ class RecentItems:
         kept = self.of.setdefault(user, [])
         bisect.insort_right(kept, (ts, item_id))
         del kept[: -self.history_len]
+
+    def dump(self, index: Mapping[str, int]) -> dict:
+        """For a trainer's checkpoint: arrays, not a pickled tuple per item (``SequenceModel.dump_histories``
+        says why); each item as its row in ``index`` (the ranker's, which holds every item learned)."""
+        lists = self.of.values()
+        lengths = np.fromiter(map(len, lists), np.int32, len(self.of))
+        flat = list(itertools.chain.from_iterable(lists))
+        ts = np.fromiter((t for t, _ in flat), np.float64, len(flat))
+        rows = np.fromiter((index[item] for _, item in flat), np.int32, len(flat))
+        return {"users": list(self.of), "lengths": lengths, "ts": ts, "rows": rows}
+
+    def restore(self, saved: dict, ids: Sequence[str]) -> None:
+        """What ``dump`` wrote, with ``ids`` the rows' item ids (the ranker's ``ids``)."""
+        flat = list(zip(saved["ts"].tolist(), [ids[r] for r in saved["rows"].tolist()], strict=True))
+        ends = np.cumsum(saved["lengths"]).tolist()
+        starts = [0, *ends][: len(ends)]
+        self.of = {u: flat[a:b] for u, a, b in zip(saved["users"], starts, ends, strict=True)}
 
 
 class TextIndex:

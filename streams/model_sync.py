@@ -600,7 +600,10 @@ class Trainer:
         self.model_topic_id = saved.get("model_topic_id")
         if "ranker" in saved:
             self.ranker = NextItemRanker.from_bytes(saved["ranker"], self.core.config)
-            self.recent.of = {u: [tuple(e) for e in h] for u, h in saved["recent"].items()}
+            if "recent_items" in saved:
+                self.recent.restore(saved["recent_items"], self.ranker.ids)
+            else:  # a checkpoint from before they were saved as arrays
+                self.recent.of = {u: [tuple(e) for e in h] for u, h in saved["recent"].items()}
         else:
             log.warning(
                 "the trainer's checkpoint has no next-item ranker (written before it had one): the "
@@ -626,7 +629,8 @@ class Trainer:
         torch.save({"weights": weights, "optimizer": self.model.opt.state_dict(),
                     "histories": self.model.dump_histories(), "snapshot_id": self.snapshot_id,
                     "positions": self.positions, "topic_ids": self.topic_ids, "ranker": ranker,
-                    "recent": self.recent.of, "model_topic_id": self.model_topic_id}, tmp)  # fmt: skip
+                    "recent_items": self.recent.dump(self.ranker.index),
+                    "model_topic_id": self.model_topic_id}, tmp)  # fmt: skip
         tmp.replace(self.checkpoint)
 
     def decode(
@@ -662,6 +666,7 @@ class Trainer:
         embedded = self.core.embed(rest) if rest else {}
         vectors = {i: known[rows[i]] if i in rows else embedded[item.encoder_text] for i, item in new.items()}
         self.model.add_items(list(vectors.items()))
+        self.ranker.add_items((i, v) for i, v in vectors.items() if i not in rows)  # as learning would
         for event, _ in pairs:
             self.recent.add(event.user_id, event.ts, event.item_id)
         self.model.remember(pairs)

@@ -335,12 +335,14 @@ def test_a_trainer_that_lost_its_checkpoint_goes_on_from_the_published_snapshot(
     expected = RecentItems(settings.model.history_len)
     for _, e in records[: 2 * third]:
         expected.add(e["user_id"], e["ts"], e["item_id"])
-    assert {u: [tuple(x) for x in h] for u, h in saved["recent"].items()} == expected.of
+    rebuilt = RecentItems(settings.model.history_len)
+    rebuilt.restore(saved["recent_items"], NextItemRanker.from_bytes(saved["ranker"], settings.model).ids)
+    assert rebuilt.of == expected.of
+    model = SequenceModel.from_bytes(saved["weights"])
+    model.restore_histories(saved["histories"])
     window = SequenceConfig().max_len + 1
     counts = {u: sum(e["user_id"] == u for _, e in records[: 2 * third]) for u in expected.of}
-    assert {u: len(h) for u, h in saved["histories"]["history"].items()} == {
-        u: min(n, window) for u, n in counts.items()
-    }
+    assert {u: len(h) for u, h in model.history.items()} == {u: min(n, window) for u, n in counts.items()}
     # retention deletes everything sent so far: a trainer starting from scratch could not learn it again
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     ends = {tp: saved["positions"][(tp.topic, tp.partition)]

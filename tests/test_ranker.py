@@ -113,6 +113,20 @@ def test_a_snapshot_ranks_exactly_as_the_ranker_it_was_taken_from():
         NextItemRanker.from_bytes(b"ISEQ1...", CFG)
 
 
+def test_recent_items_come_back_from_a_trainers_checkpoint_as_they_were():
+    r, recent = NextItemRanker(CFG, DIM), RecentItems(CFG.history_len)
+    empty = RecentItems(CFG.history_len)
+    empty.restore(recent.dump(r.index), r.ids)
+    assert empty.of == {}
+    for user, ts, item in _random_log(3):
+        r.learn(recent.items(user), item, unit(int(item[1:])))
+        recent.add(user, ts, item)
+    back = RecentItems(CFG.history_len)
+    back.restore(recent.dump(r.index), NextItemRanker.from_bytes(r.to_bytes(), CFG).ids)
+    assert back.of == recent.of and list(back.of) == list(recent.of)
+    assert all(type(ts) is float for kept in back.of.values() for ts, _ in kept)
+
+
 def test_recent_items_keep_the_user_states_order_whatever_the_arrival_order():
     log = _random_log(2)
     states: dict[str, UserState] = {}

@@ -237,7 +237,8 @@ def test_snapshot_gives_workers_the_same_vectors_from_windows_they_hold():
         SequenceModel.from_bytes(b"garbage")
 
 
-def test_a_model_restored_from_its_checkpoint_learns_on_exactly_as_if_never_stopped():
+@pytest.mark.parametrize("saved_as", ["arrays", "lists (checkpoints before arrays)"])
+def test_a_model_restored_from_its_checkpoint_learns_on_exactly_as_if_never_stopped(saved_as):
     import copy
 
     batches, _ = cycle_stream(n_users=12, steps=10)
@@ -249,6 +250,15 @@ def test_a_model_restored_from_its_checkpoint_learns_on_exactly_as_if_never_stop
         first.learn(batch)
     saved = copy.deepcopy({"weights": first.to_bytes(), "opt": first.opt.state_dict(),
                            "rest": first.dump_histories()})  # fmt: skip
+    if saved_as != "arrays":  # the format before: a list of step tuples per user, and the users' order
+        rest = saved["rest"]
+        columns = (rest["steps"][name].tolist() for name in ("row", "type", "ts"))
+        flat = list(zip(*columns, strict=True))
+        ends = np.cumsum(rest["lengths"]).tolist()
+        rest["history"] = {u: flat[a:b] for u, a, b in zip(rest["users"], [0, *ends[:-1]], ends, strict=True)}
+        rest["seen_users"] = rest.pop("users")
+        del rest["steps"], rest["lengths"]
+        assert rest["history"] == {u: list(h) for u, h in first.history.items()}
     resumed = SequenceModel.from_bytes(saved["weights"])
     resumed.opt.load_state_dict(saved["opt"])
     resumed.restore_histories(saved["rest"])
