@@ -1,10 +1,11 @@
-"""What a trainer's checkpoint costs as users grow: the users' windows as arrays (this version) against a
-pickled tuple per step (the version before), in one process.
+"""What a trainer's users' windows cost as users grow: memory (``Window``'s arrays against the deque of
+tuples before) and the checkpoint (arrays against a pickled tuple per step before), in one process.
 
 The trainer writes its checkpoint every ``INTEREST_MODEL_SYNC_S`` on its event loop; the users' windows
 (the sequential model's and the ranker's recent items) are what grows with users. Builds both for
 ``--users`` users with ``--events`` events each over 5,000 items, then times writing (dump + torch.save)
-and reading (torch.load + restore) each format, in memory, alternating, best of ``--rounds``:
+and reading (torch.load + restore) each format, in memory, alternating, best of ``--rounds``. First,
+the memory of ``--memory-users`` full windows (``max_len + 1`` steps) each way (tracemalloc):
 
     python benchmarks/trainer_checkpoint.py [--users 10000,100000] [--events 20]      # ~1 min here
 """
@@ -16,6 +17,7 @@ import io
 import random
 import sys
 import time
+import tracemalloc
 from collections import deque
 from pathlib import Path
 
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.config import InterestConfig  # noqa: E402
 from models.ranker import NextItemRanker, RecentItems  # noqa: E402
-from models.sequence import SequenceModel  # noqa: E402
+from models.sequence import SequenceModel, Window  # noqa: E402
 
 ITEMS = 5000
 
@@ -40,7 +42,7 @@ def build(users: int, events: int) -> tuple[SequenceModel, RecentItems, NextItem
     ranker.add_items((f"i{k}", vectors[k]) for k in range(ITEMS))
     recent = RecentItems(config.history_len)
     for u in range(users):
-        user, window = f"u{u}", deque(maxlen=model.config.max_len + 1)
+        user, window = f"u{u}", Window(model.config.max_len + 1)
         for k in range(events):
             row, ts = rng.randrange(ITEMS), 1.7e9 + 60.0 * k
             window.append((row, rng.randrange(3), ts))
@@ -79,12 +81,34 @@ def read_now(raw: bytes, model: SequenceModel, recent: RecentItems, ranker: Next
     recent.restore(saved["recent_items"], ranker.ids)
 
 
+def memory_per_user(users: int, make) -> float:  # noqa: ANN001
+    """Bytes per user of ``users`` full windows built by ``make(maxlen)`` (``append``-ed step by step)."""
+    maxlen, rng = SequenceModel(8).config.max_len + 1, random.Random(1)
+    tracemalloc.start()
+    held = []
+    for _ in range(users):
+        window = make(maxlen)
+        for k in range(maxlen):
+            window.append((rng.randrange(60_000), rng.randrange(3), 1.7e9 + 60.0 * k))
+        held.append(window)
+    size = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return size / users
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", default="10000,100000")
     ap.add_argument("--events", type=int, default=20, help="events per user")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--memory-users", type=int, default=20_000)
     args = ap.parse_args()
+    before = memory_per_user(args.memory_users, lambda n: deque(maxlen=n))
+    now = memory_per_user(args.memory_users, Window)
+    steps = SequenceModel(8).config.max_len + 1
+    print(f"memory of a full window ({steps} steps), {args.memory_users:,} users: "
+          f"{before:,.0f} bytes per user as a deque of tuples (before), {now:,.0f} as a Window "
+          f"({before / now:.1f}x less)\n")  # fmt: skip
     print(f"| users ({args.events} events each) | format | write s | read s | MB | write: before / now |")
     print("| --- | --- | --- | --- | --- | --- |")
     for users in (int(u) for u in args.users.split(",")):
