@@ -18,8 +18,9 @@ demo: setup
 	$(BIN)/interest-stream demo
 
 ## Every test: unit, property and integration (starts its own Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set).
+## The 20 slowest are listed at the end: CI's budget is 30 minutes, and they are where it goes.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "not integration"
