@@ -458,16 +458,12 @@ def latest_snapshot(settings) -> tuple[dict, bytes] | None:  # noqa: ANN001
     return found
 
 
-PUBLISH_WAIT_S = 40.0
-"""How long a transaction on the model topic (or starting its producer) may take: aiokafka's request
-timeout, which bounded a snapshot's sends before they went out in transactions."""
-
-
-async def _bounded(work: Awaitable[None], what: str) -> None:
+async def _bounded(work: Awaitable[None], what: str, timeout_s: float) -> None:
+    """``work`` within ``timeout_s`` (``Settings.model_publish_timeout_s``), else ``KafkaTimeoutError``."""
     try:
-        await asyncio.wait_for(work, PUBLISH_WAIT_S)
+        await asyncio.wait_for(work, timeout_s)
     except TimeoutError:
-        raise KafkaTimeoutError(f"{what} did not finish within {PUBLISH_WAIT_S:.0f} s") from None
+        raise KafkaTimeoutError(f"{what} did not finish within {timeout_s:g} s") from None
 
 
 async def _send_all(producer, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:  # noqa: ANN001
@@ -745,7 +741,8 @@ class Trainer:
                 await _send_all(producer, s.model_topic, [(CLAIM_KEY, claim)])
 
             try:
-                await _bounded(start_and_claim(), "starting the trainer's producer")
+                await _bounded(start_and_claim(), "starting the trainer's producer",
+                               s.model_publish_timeout_s)  # fmt: skip
             except BaseException:
                 await _stop_quietly(producer)
                 raise
@@ -755,14 +752,14 @@ class Trainer:
 
     async def _in_transaction(self, records: Iterator[tuple[bytes, bytes]]) -> None:
         """Send ``records`` to the model topic as one transaction: readers (``read_committed``) see all
-        of them or none. Bounded like the sends were before transactions (``PUBLISH_WAIT_S``): a producer
+        of them or none. Bounded by ``Settings.model_publish_timeout_s``: a producer
         that does not finish is dropped, and the next one's start has the broker abort what it left open
         (the same transactional id)."""
         producer = await self._producer()
         try:
-            await _bounded(
-                _send_all(producer, self.settings.model_topic, records), "the snapshot's transaction"
-            )
+            s = self.settings
+            await _bounded(_send_all(producer, s.model_topic, records), "the snapshot's transaction",
+                           s.model_publish_timeout_s)  # fmt: skip
         except ProducerFenced:
             raise
         except BaseException:

@@ -48,6 +48,11 @@ class Settings:
     model_sync_s: float = 30.0
     """The trainer publishes a snapshot of the sequential model every this many seconds (while it learns);
     workers load each one as it arrives."""
+    model_publish_timeout_s: float = 40.0
+    """How long one snapshot's transaction on the model topic (or starting the trainer's producer) may
+    take before the trainer gives it up, keeps learning and tries again at its next sync (workers serve
+    the last snapshot meanwhile). 40 s is aiokafka's request timeout, which bounded a snapshot's sends
+    before they went out in transactions; a snapshot of a large catalogue over a slow link may need more."""
     trainer_steps: int = 0
     """Adam steps the trainer takes per micro-batch; 0: the model's own (``SequenceConfig.steps``, 2).
     1 learns about twice as fast, for a trainer that falls behind its stream, at a cost in Recall@10 (the
@@ -214,8 +219,8 @@ class Settings:
             raise ValueError("session_timeout_s must be >= 6, max_future_s >= 0, max_fetch_bytes >= 1 MiB")
         if not 0 <= self.recommendations_k <= 100:
             raise ValueError("recommendations_k must be within 0..100")
-        if self.model_sync_s <= 0 or self.stop_grace_s <= 0:
-            raise ValueError("model_sync_s and stop_grace_s must be > 0")
+        if self.model_sync_s <= 0 or self.stop_grace_s <= 0 or self.model_publish_timeout_s <= 0:
+            raise ValueError("model_sync_s, model_publish_timeout_s and stop_grace_s must be > 0")
         if self.encoder_backend not in BACKENDS:
             raise ValueError(f"encoder_backend must be one of {BACKENDS}, got {self.encoder_backend!r}")
         if self.encoder_dtype not in DTYPES:

@@ -117,17 +117,18 @@ PUBLISHED = re.compile(r"published model snapshot \d+ \(.*?, (\d+) events learne
 
 
 def test_a_trainer_outlives_its_broker_going_away_and_its_stop_is_bounded(tmp_path):
-    """A trainer whose snapshot the broker did not take within the producer's request timeout (40 s)
-    died of it (``KafkaTimeoutError`` out of ``publish``), and the workers served its last snapshot for
-    good. Now it says so, keeps its checkpoint and publishes once the broker is back, having learned
-    every event exactly once; asked to stop while the broker is gone, it exits within its grace."""
+    """A trainer whose snapshot the broker did not take within the producer's request timeout (40 s;
+    ``INTEREST_MODEL_PUBLISH_TIMEOUT_S`` now, lowered here so the outage is short) died of it
+    (``KafkaTimeoutError`` out of ``publish``), and the workers served its last snapshot for good. Now it
+    says so, keeps its checkpoint and publishes once the broker is back, having learned every event
+    exactly once; asked to stop while the broker is gone, it exits within its grace."""
     broker = LocalBroker(tmp_path / "own-broker")
     info = broker.start()
     proc = None
     events = 30_000
     try:
         env = worker_env(info.bootstrap, "trainer-outage", tmp_path, INTEREST_MODEL_SYNC_S="2",
-                         INTEREST_STOP_GRACE_S="5")  # fmt: skip
+                         INTEREST_STOP_GRACE_S="5", INTEREST_MODEL_PUBLISH_TIMEOUT_S="8")  # fmt: skip
         produce = [sys.executable, "-m", "streams.cli", "produce", "--movielens", "--quiet", "--limit"]
         subprocess.run([*produce, str(events)], env=env, cwd=REPO, check=True, capture_output=True)
         log = tmp_path / "trainer.log"
@@ -148,6 +149,7 @@ def test_a_trainer_outlives_its_broker_going_away_and_its_stop_is_bounded(tmp_pa
                  "a publish the broker did not take", log)  # fmt: skip
         time.sleep(3)
         assert proc.poll() is None, f"the trainer died of its broker's absence:\n{text()[-3000:]}"
+        assert "did not finish within 8 s" in text()  # the timeout set, not aiokafka's own
 
         broker.start()
         wait_for(lambda: events in learned() or proc.poll() is not None, 240, "every event learned", log)
