@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.config import InterestConfig
+from models.ragged import lengths_of, spans
 
 _SNAPSHOT_MAGIC = b"IRNK1"
 
@@ -550,7 +551,7 @@ class RecentItems:
         """For a trainer's checkpoint: arrays, not a pickled tuple per item (``SequenceModel.dump_histories``
         says why); each item as its row in ``index`` (the ranker's, which holds every item learned)."""
         lists = self.of.values()
-        lengths = np.fromiter(map(len, lists), np.int32, len(self.of))
+        lengths = lengths_of(lists)
         flat = list(itertools.chain.from_iterable(lists))
         ts = np.fromiter((t for t, _ in flat), np.float64, len(flat))
         rows = np.fromiter((index[item] for _, item in flat), np.int32, len(flat))
@@ -559,9 +560,7 @@ class RecentItems:
     def restore(self, saved: dict, ids: Sequence[str]) -> None:
         """What ``dump`` wrote, with ``ids`` the rows' item ids (the ranker's ``ids``)."""
         flat = list(zip(saved["ts"].tolist(), [ids[r] for r in saved["rows"].tolist()], strict=True))
-        ends = np.cumsum(saved["lengths"]).tolist()
-        starts = [0, *ends][: len(ends)]
-        self.of = {u: flat[a:b] for u, a, b in zip(saved["users"], starts, ends, strict=True)}
+        self.of = {u: flat[a:b] for u, (a, b) in zip(saved["users"], spans(saved["lengths"]), strict=True)}
 
 
 class TextIndex:

@@ -47,6 +47,7 @@ from torch import nn
 
 from models.config import EVENT_TYPES
 from models.events import Event, Item
+from models.ragged import lengths_of, spans
 
 _N_GAPS = 24  # log2 buckets of seconds since the previous event: 0 s .. ~97 days and beyond
 _SNAPSHOT_MAGIC = b"ISEQ1"
@@ -395,7 +396,7 @@ class SequenceModel:
         the users' windows, the replay order and the random streams, so a resumed trainer learns on as
         if it had never stopped."""
         windows = list(self.history.values())
-        lengths = np.fromiter(map(len, windows), np.int32, len(windows))
+        lengths = lengths_of(windows)
         # one array of (row, type, time) steps, not a pickled tuple per step: with the ranker's recent
         # items saved likewise, 100,000 users' windows are written 9.7x faster (0.53 s against 5.17 s,
         # every INTEREST_MODEL_SYNC_S on the trainer's event loop; benchmarks/trainer_checkpoint.py)
@@ -426,10 +427,8 @@ class SequenceModel:
         if "steps" in saved:
             steps = saved["steps"]
             rows, types, ts = (steps[name].tolist() for name in ("row", "type", "ts"))
-            ends = np.cumsum(saved["lengths"]).tolist()
-            starts = [0, *ends][: len(ends)]
-            self.history = {u: Window.of(keep, rows[a:b], types[a:b], ts[a:b])
-                            for u, a, b in zip(saved["users"], starts, ends, strict=True)}  # fmt: skip
+            users = zip(saved["users"], spans(saved["lengths"]), strict=True)
+            self.history = {u: Window.of(keep, rows[a:b], types[a:b], ts[a:b]) for u, (a, b) in users}
             self._seen_users = list(saved["users"])  # a user's window and place in the draw come together
         else:  # a checkpoint from before windows were saved as arrays
             self.history = {u: Window(keep, h) for u, h in saved["history"].items()}
