@@ -236,10 +236,7 @@ class SequenceModel:
             torch.manual_seed(cfg.seed)
             self.net = _Net(text_dim, cfg).to(self.device)
             self._torch_rng = torch.get_rng_state()
-        # fused: one kernel over each parameter instead of a dozen tensor operations, which on a CPU were
-        # a fifth of the trainer's time (mostly the 65,536-row ID table, dense in every step); the same
-        # update up to float rounding (benchmarks/adam_kernels.py)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, fused=True)
+        self._opt: torch.optim.Optimizer | None = None  # made at its first use (``opt``)
         self.index: dict[str, int] = {}  # item id -> row
         self._text: list[np.ndarray] = []
         self._buckets: list[int] = []
@@ -248,6 +245,25 @@ class SequenceModel:
         self.history: dict[str, Window] = {}
         self._seen_users: list[str] = []
         self.learned_events = 0
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        """Adam over the weights, made at its first use (a learning step, a trainer's checkpoint). A
+        worker's serving copy never learns, and making one imports torch's compiler stack: 0.93 s and
+        +138 MB peak RSS in a worker whose encoder runs on onnxruntime (``INTEREST_ENCODER_BACKEND=onnx``,
+        ``onnx-int8``; transformers' torch models import that stack themselves, so the torch backend
+        gains nothing), and triton's "nanobind: leaked ..." report at its exit.
+
+        fused: one kernel over each parameter instead of a dozen tensor operations, which on a CPU were a
+        fifth of the trainer's time (mostly the 65,536-row ID table, dense in every step); the same update
+        up to float rounding (``benchmarks/adam_kernels.py``)."""
+        if self._opt is None:
+            self._opt = torch.optim.Adam(self.net.parameters(), lr=self.config.lr, fused=True)
+        return self._opt
+
+    @opt.setter
+    def opt(self, optimizer: torch.optim.Optimizer) -> None:
+        self._opt = optimizer
 
     # -- catalogue -------------------------------------------------------------------------------------
     def add_items(self, items: Sequence[tuple[str, np.ndarray]]) -> None:

@@ -265,3 +265,29 @@ def test_a_model_restored_from_its_checkpoint_learns_on_exactly_as_if_never_stop
     for batch in batches[2:]:
         resumed.learn(batch)
     assert resumed.to_bytes() == straight.to_bytes()
+
+
+def test_a_serving_copy_scores_without_making_an_optimiser(tmp_path):
+    """Workers load snapshots to score, never to learn. Each used to make Adam with the model, which
+    imports torch's compiler stack (0.93 s and +138 MB peak RSS beside an onnxruntime encoder, and triton's
+    "nanobind: leaked" report at exit); now the optimiser is made where a model learns. In a fresh
+    interpreter, since any earlier test in this one may have imported it."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import numpy as np
+from models.sequence import SequenceModel
+
+served = SequenceModel.from_bytes(SequenceModel(8).to_bytes())
+text = np.eye(8, dtype=np.float32)[:3]
+items = served.item_vectors_of(["a", "b", "c"], text)
+users = served.user_vectors_of([[("a", text[0], 0, 0.0), ("b", text[1], 1, 60.0)]])
+assert np.isfinite(items).all() and np.abs(users).sum() > 0
+print(sorted(m for m in ("torch._dynamo", "triton") if m in sys.modules))
+served.opt  # what learning makes
+print(sorted(m for m in ("torch._dynamo",) if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "['torch._dynamo']"], out.stdout + out.stderr
