@@ -22,6 +22,7 @@ from typing import Any
 import faust
 import rocksdict
 
+from streams.rocks import CompressedRocksDB
 from streams.settings import Settings, SettingsError
 
 try:
@@ -75,10 +76,17 @@ class DurableTable(faust.Table):
     it counts a batch as done (``streams.checkpoint``).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, compression: str = "none", **kwargs: Any) -> None:
+        self.compression = compression  # of its RocksDB blocks (``CompressedRocksDB``), as its store opens
         super().__init__(*args, **kwargs)
         self._unacknowledged: list[asyncio.Future] = []
         self._persisted: dict[int, int] = {}  # partition -> last changelog offset written by set_many
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        store = super()._new_store_by_url(url)
+        if self.compression != "none" and store.use_rocksdict:  # the driver this project installs
+            store.rocksdb_options = CompressedRocksDB(self.compression, **store.options)
+        return store
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         fut = super().send_changelog(*args, **kwargs)
@@ -190,13 +198,13 @@ async def send_record_batches(
 
 
 # bytes key/value types make faust use the raw codec: we serialize states ourselves (compactly).
-def durable_table(name: str) -> DurableTable:
+def durable_table(name: str, compression: str = "none") -> DurableTable:
     table = DurableTable(app, name=name, beacon=app.tables.beacon, key_type=bytes, value_type=bytes,
-                         partitions=settings.partitions, options=_ROCKS)  # fmt: skip
+                         partitions=settings.partitions, options=_ROCKS, compression=compression)  # fmt: skip
     return app.tables.add(table)
 
 
-user_states = durable_table("user-state")
-heads = durable_table("heads")
+user_states = durable_table("user-state", settings.state_compression)
+heads = durable_table("heads")  # float32 weights: nothing to gain
 
 from streams import agents  # noqa: E402,F401  (registers the agent and the query API with the app)
