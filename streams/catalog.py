@@ -68,6 +68,14 @@ class Catalog:
             if not key.startswith(_BAD):
                 yield key.decode(), parse_item(json.loads(raw), "catalog item")
 
+    def ids(self) -> Iterator[str]:
+        """Every accepted catalogue item's id, in key order, without parsing the items."""
+        if self.db is None:
+            return
+        for key in self.db.keys():  # noqa: SIM118 - an Rdict is not iterable; keys() reads no values
+            if not key.startswith(_BAD):
+                yield key.decode()
+
     def why_missing(self, item_id: str) -> str | None:
         """The validation error of a rejected catalog entry for this id, if it had one."""
         raw = self.db.get(_BAD + item_id.encode()) if self.db is not None else None

@@ -569,7 +569,6 @@ class Trainer:
         self.ranker = NextItemRanker(core.config, core.dim)
         self.recent = RecentItems(core.config.history_len)
         self.snapshot_id = 0
-        self.catalogue_left = 0  # catalogue items the last publish had no time to add (``add_catalogue``)
         self.skipped = 0
         self.positions: dict[tuple[str, int], int] = {}  # input read up to here, as checkpointed
         self.topic_ids: dict[str, str | None] = {}  # the input topics' ids those positions belong to
@@ -687,6 +686,14 @@ class Trainer:
             added += len(chunk)
         return added, len(new) - added
 
+    def catalogue_pending(self) -> bool:
+        """Whether the catalogue holds items the ranker lacks, once the model has learned something: what
+        the last snapshot had no time to add, or items published since. An idle trainer then publishes
+        anyway, so that workers can recommend a new item (by its text) without waiting for the next event.
+        A scan of the catalogue's keys, not of its items: nothing is parsed."""
+        index = self.ranker.index
+        return bool(self.model.learned_events) and any(i not in index for i in self.catalog.ids())
+
     async def publish(self, consumer) -> None:  # noqa: ANN001 - an aiokafka consumer
         """Checkpoint, publish, commit: in that order, so the checkpoint (weights *and* the input
         positions they have learned up to) is what a restart resumes from, and the committed offsets
@@ -695,10 +702,10 @@ class Trainer:
         loop = asyncio.get_running_loop()
         ids_now = loop.run_in_executor(None, _topic_ids_now, self.settings)  # meanwhile: the bytes
         budget = self.settings.model_sync_s / 2  # learning goes on between the parts of a large catalogue
-        added, self.catalogue_left = await loop.run_in_executor(None, self.add_catalogue, budget)
+        added, left = await loop.run_in_executor(None, self.add_catalogue, budget)
         if added:
-            left = f"; {self.catalogue_left} to come in the next snapshots" if self.catalogue_left else ""
-            log.info("ranker: %d catalogue items added (%d in all%s)", added, self.ranker.n_items, left)
+            to_come = f"; {left} to come in the next snapshots" if left else ""
+            log.info("ranker: %d catalogue items added (%d in all%s)", added, self.ranker.n_items, to_come)
         self.snapshot_id += 1
         self.positions = {
             (tp.topic, tp.partition): await consumer.position(tp) for tp in consumer.assignment()
@@ -966,7 +973,9 @@ class Trainer:
                 dirty = dirty or bool(batch)
                 if time.monotonic() - last_publish >= s.model_sync_s:
                     if not dirty:
-                        dirty = self.catalogue_left > 0 or await self.snapshot_lost()
+                        loop = asyncio.get_running_loop()  # a scan of the catalogue's keys: off the loop
+                        dirty = await loop.run_in_executor(None, self.catalogue_pending)
+                        dirty = dirty or await self.snapshot_lost()
                     if dirty:
                         dirty = not await self.try_publish(consumer)
                     last_publish = time.monotonic()

@@ -407,6 +407,30 @@ def test_a_trainer_adds_a_large_catalogue_over_several_snapshots_in_its_order(tm
     np.testing.assert_array_equal(parts.ranker.text_vectors(), whole.ranker.text_vectors())
 
 
+def test_an_idle_trainer_publishes_again_for_catalogue_items_its_ranker_lacks(tmp_path):
+    """What a snapshot had no time to add, and items published while no event comes, make an idle
+    trainer publish (``catalogue_pending``), so workers can recommend them by their text; a trainer that
+    has learned nothing publishes no model for them."""
+    from types import SimpleNamespace
+
+    from models.config import InterestConfig
+
+    items = {str(n): Item(f"title {n}", text=f"text {n}") for n in range(300)}
+    vectors = _fake_vectors(items.values())
+    embed = lambda chunk: {i.encoder_text: vectors[i.encoder_text] for i in chunk}  # noqa: E731
+    core = SimpleNamespace(dim=8, config=InterestConfig(), embed=embed)
+    catalog = SimpleNamespace(items=lambda: iter(items.items()), ids=lambda: iter(items))
+    trainer = model_sync.Trainer(Settings.load({}), core, catalog, tmp_path)
+    assert not trainer.catalogue_pending()  # nothing learned: no model to publish
+    trainer.model.learned_events = 1  # as after its first micro-batch
+    assert trainer.catalogue_pending()
+    assert trainer.add_catalogue(budget_s=0) == (256, 44) and trainer.catalogue_pending()
+    assert trainer.add_catalogue(budget_s=0) == (44, 0) and not trainer.catalogue_pending()
+    items["new"] = Item("a new title")
+    vectors.update(_fake_vectors([items["new"]]))
+    assert trainer.catalogue_pending()
+
+
 def test_the_trainers_ranker_is_evaluates_default_ranker_and_a_worker_serves_it(tmp_path):
     """What the trainer counts from a stream in event-time order is the ranker ``evaluate`` builds as its
     ``default`` model, and a worker serving the snapshot recommends what that model ranks."""
