@@ -39,6 +39,31 @@ def _settings() -> Settings:
     return Settings.load(env)
 
 
+class NothingListens(Exception):
+    """No process accepts connections at any bootstrap address (refused, or the name does not resolve)."""
+
+
+def _require_listener(settings: Settings) -> None:
+    """Fail at once, for the commands a person runs by hand, where nothing listens at any bootstrap
+    address: kafka-python takes 30 s to give up bootstrapping. An address that does not answer in time
+    (a firewall, a slow link) is left to the client, which may yet reach it."""
+    import socket
+
+    why = []
+    for address in settings.broker.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            return
+        except ConnectionRefusedError:
+            why.append(f"{address.strip()}: connection refused")
+        except socket.gaierror as exc:
+            why.append(f"{address.strip()}: {exc.strerror or exc}")
+        except (OSError, ValueError):  # timed out, no route, a malformed address: the client says more
+            return
+    raise NothingListens("; ".join(why))
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     broker = LocalBroker(_broker_dir())
     if args.action == "start":
@@ -169,6 +194,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         except SourceError as exc:
             raise SourceError(f"{exc}; nothing was sent") from None
         records, _ = _records(args)
+    _require_listener(settings)
     ensure_topics(settings)
     producer = make_producer(settings)
     if folder is not None:
@@ -186,6 +212,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from streams.view import Titles, consume, format_dead_letter, format_update
 
     settings = _settings()
+    _require_listener(settings)
     title = Titles(settings)
     try:
         for r in consume(settings, from_beginning=not args.latest, dlq=True, idle_timeout_s=args.idle_exit):
@@ -559,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, FileNotFoundError) as exc:  # an input file or folder the user named
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
+    except NothingListens as exc:
+        print(f"{args.command}: nothing listens at the broker's address ({exc}); start the local one with "
+              "`interest-stream broker start`, or set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)  # fmt: skip
+        return 2
     except KafkaTimeoutError as exc:
         if "bootstrap" not in str(exc):  # a broker that answered, then timed out: not a setup problem
             raise
