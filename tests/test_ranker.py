@@ -393,3 +393,14 @@ def test_a_batch_of_lists_is_each_users_own_list(cfg):
         assert r.recommend(history, interest, 10, history, sequence, hits=found) == alone
         served += [i for i, _ in alone]
     assert any(i.startswith("new") for i in served)  # the fresh places' search is in the batch too
+
+
+def test_recent_items_share_one_string_per_item_across_users():
+    """A trainer keeps each user's last items; every event's item id is a string of its own (parsed from
+    its record), so the same item held by many users was as many strings until they were interned."""
+    recent = RecentItems(8)
+    first, second = "".join(["12", "34"]), "".join(["1", "234"])  # equal, two objects
+    assert first == second and first is not second
+    recent.add("a", 1.0, first)
+    recent.add("b", 2.0, second)
+    assert recent.items("a")[0] is recent.items("b")[0]
