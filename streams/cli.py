@@ -469,7 +469,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="interest-stream", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="interest-stream",
+        description="Live interest embeddings per user from click, cart and order events on Kafka.",
+        epilog="Every command reads KAFKA_BOOTSTRAP_SERVERS (default: the broker `interest-stream broker "
+        "start` runs) and the INTEREST_* settings (streams/settings.py). Start with `interest-stream demo`.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("broker", help="local development Kafka broker (KRaft, from Maven Central)")
