@@ -17,7 +17,10 @@ topics of one broker (started here unless ``KAFKA_BOOTSTRAP_SERVERS`` is set):
   a producer sends at a fixed
   rate for ``--seconds``; the latency of an event is from its send to the receipt of the first update
   that names it in ``last_event`` (an event that a newer one of the same user overtakes inside a batch
-  is not named; those are left out). ``max`` offers as fast as one producer can.
+  is not named; those are left out). ``max`` offers as fast as one producer can. Each load also says
+  what the broker received per second for the worker's topics (the partitions' sizes before and after,
+  from the broker's log-dir description): the events, the updates, and the changelogs of the user states
+  and the heads, which a worker writes once per micro-batch, however few events it holds.
 - worker RSS (VmHWM, its peak) and the user-state bytes: the mean serialized state, and the RocksDB
   files of the user-state table over the users it holds.
 
@@ -180,6 +183,28 @@ def throughput(bootstrap: str, work: Path, records, items, cache: Path | None, t
     }
 
 
+def topic_bytes(bootstrap: str, worker: Worker) -> dict[str, int]:
+    """Bytes the broker holds for ``worker``'s topics, by kind (events, updates, user states, heads)."""
+    from kafka import KafkaAdminClient
+
+    prefix = worker.prefix
+    kinds = {f"{prefix}-{t}": "events" for t in ("click", "cart", "order")}
+    kinds |= {f"{prefix}-updates": "updates", f"{prefix}-user-state-changelog": "user_states",
+              f"{prefix}-heads-changelog": "heads"}  # fmt: skip
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        described = admin.describe_log_dirs(list(kinds))
+    finally:
+        admin.close()
+    out = dict.fromkeys(sorted(set(kinds.values())), 0)
+    for broker in described:
+        for log_dir in broker.get("log_dirs", []):
+            for topic in log_dir.get("topics", []):
+                for partition in topic.get("partitions", []):
+                    out[kinds[topic["name"]]] += partition["partition_size"]
+    return out
+
+
 def latency(bootstrap: str, work: Path, users: int, items, cache: Path, loads: list, seconds: float) -> list:
     """Event -> update latency of one warm, caught-up worker at each offered load (events/s; 0: max)."""
     worker = Worker(bootstrap, work, "latency", cache, {})
@@ -217,11 +242,14 @@ def latency(bootstrap: str, work: Path, users: int, items, cache: Path, loads: l
             count = int(load * seconds) if load else 20_000
             records = list(zipf_stream(count, users, seed=100 + n, user_prefix="u", items=item_ids))
             records = [(t, {**e, "event_id": f"L{n}-{e['event_id']}", "ts": time.time()}) for t, e in records]
+            size_before = topic_bytes(bootstrap, worker)
             t0 = time.perf_counter()
             _send_paced(producer, worker.settings, records, load, sent)
             achieved = len(records) / (time.perf_counter() - t0)
             finals = list({e["user_id"]: e["event_id"] for _, e in records}.values())  # each user's last
             _wait_for(lambda finals=finals: all(i in received for i in finals), 600, worker)
+            took = time.perf_counter() - t0
+            size_after = topic_bytes(bootstrap, worker)
             waits = sorted(received[e["event_id"]] - sent[e["event_id"]] for _, e in records
                            if e["event_id"] in received)  # fmt: skip
             out.append({
@@ -232,6 +260,7 @@ def latency(bootstrap: str, work: Path, users: int, items, cache: Path, loads: l
                 "p50_ms": 1e3 * waits[len(waits) // 2],
                 "p95_ms": 1e3 * waits[int(len(waits) * 0.95)],
                 "p99_ms": 1e3 * waits[int(len(waits) * 0.99)],
+                "broker_mb_per_s": {k: (size_after[k] - size_before[k]) / took / 1e6 for k in size_after},
             })  # fmt: skip
             print(f"  latency at {load or 'max'}: {out[-1]}", flush=True)
         out.append({"peak_rss_mb": worker.peak_rss_mb()})
