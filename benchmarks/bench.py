@@ -171,15 +171,19 @@ def markdown(r: dict[str, Any]) -> str:
         if "latency" in p:
             lines += [
                 "",
-                "| offered events/s | sent | applied | p50 ms | p95 ms | p99 ms | events named |",
-                "|---|---|---|---|---|---|---|",
+                "| offered events/s | sent | applied | p50 ms | p95 ms | p99 ms | events named "
+                "| to the broker, MB/s: heads / user states / updates / events |",
+                "|---|---|---|---|---|---|---|---|",
             ]
             for row in p["latency"]:
                 if "p50_ms" in row:
+                    sizes = row.get("broker_mb_per_s")  # absent from runs before 2026-12-01
+                    kinds = ("heads", "user_states", "updates", "events")
+                    written = " / ".join(f"{sizes[k]:.2f}" for k in kinds) if sizes else "-"
                     lines.append(
                         f"| {row['offered_events_per_s']} | {_f(row['sent_events_per_s'])} | "
                         f"{_f(row['applied_events_per_s'])} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                        f"{row['p99_ms']:.1f} | {row['named']:,} |"
+                        f"{row['p99_ms']:.1f} | {row['named']:,} | {written} |"
                     )
         lines.append("")
     if "growth" in r:
