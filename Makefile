@@ -34,7 +34,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 ## Encoder backends, the core step, one worker on a local broker (throughput, latency), growth:
-## benchmarks/results/bench.md (~25 min; `interest-stream bench --quick` ~8 min).
+## benchmarks/results/bench.md (~30 min; `interest-stream bench --quick` ~10 min).
 bench: setup
 	$(BIN)/pip install -q -c constraints.txt -e '.[test,bench]'
 	$(BIN)/interest-stream bench

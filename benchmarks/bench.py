@@ -8,7 +8,9 @@ Sections (each also runs alone from its own script):
 3. ``pipeline`` (``benchmarks/pipeline.py``): one worker on a real broker, a Zipf stream over 10,000
    users: events/s with a warm and a cold embedding cache and with base64 vectors, event -> update
    latency at offered loads, peak RSS, state bytes per user.
-4. ``growth`` (``benchmarks/growth.py``): events/s and bytes per user at 10k / 100k / 1M users, bytes
+4. ``ceiling`` (``benchmarks/stack_ceiling.py``): what Kafka's Python clients, a Faust agent that does
+   nothing, our batching and parsing, and our worker each consume per second of one backlog.
+5. ``growth`` (``benchmarks/growth.py``): events/s and bytes per user at 10k / 100k / 1M users, bytes
    and lookups per item at 10k / 100k / 1M catalogue items.
 
 Writes ``bench.json`` and ``bench.md`` (and the sections' own files) to ``benchmarks/results/``.
@@ -26,7 +28,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-SECTIONS = ("encoder", "core", "pipeline", "growth")
+SECTIONS = ("encoder", "core", "pipeline", "ceiling", "growth")
 
 
 def machine() -> dict[str, Any]:
@@ -94,6 +96,11 @@ def run(sections: tuple[str, ...] = SECTIONS, quick: bool = False, out: Path = R
             result["pipeline"] = pipeline.run(
                 50_000, 10_000, loads, 20.0, cold=True, base64=True, snapshot=True
             )
+    if "ceiling" in sections:
+        from benchmarks import stack_ceiling
+
+        print("== ceiling", flush=True)
+        result["ceiling"] = stack_ceiling.run(50_000 if quick else 200_000, 10_000)
     if "growth" in sections:
         from benchmarks import growth
 
@@ -186,6 +193,11 @@ def markdown(r: dict[str, Any]) -> str:
                         f"{row['p99_ms']:.1f} | {row['named']:,} | {written} |"
                     )
         lines.append("")
+    if "ceiling" in r:
+        from benchmarks.stack_ceiling import markdown as ceiling_markdown
+
+        title = "## The stack's ceiling (one backlog, each consumer alone)"
+        lines += [title, "", ceiling_markdown(r["ceiling"])]
     if "growth" in r:
         g = r["growth"]
         lines += [

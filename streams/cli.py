@@ -561,9 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--state-dir", default=None, help="embedding cache folder (default: .state/evaluate)")
     e.set_defaults(func=cmd_evaluate)
 
-    bn = sub.add_parser("bench", help="encoder, core, worker-on-broker and growth benchmarks (~25 min)")
+    bn = sub.add_parser("bench", help="encoder, core, worker-on-broker, stack ceiling and growth benchmarks "
+                        "(~30 min)")  # fmt: skip
     bn.add_argument("--quick", action="store_true", help="smaller sizes (~8 min)")
-    bn.add_argument("--only", default="", help="comma-separated sections: encoder,core,pipeline,growth")
+    bn.add_argument("--only", default="",
+                    help="comma-separated sections: encoder,core,pipeline,ceiling,growth")  # fmt: skip
     bn.add_argument("--out", default="", help="results folder (default benchmarks/results)")
     bn.set_defaults(func=cmd_bench)
 
