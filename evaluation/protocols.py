@@ -136,7 +136,7 @@ class LaggedHead(SoftmaxHead):
         X: np.ndarray,
         categories: Sequence[tuple[str, ...] | list[str]],
         profiles: Sequence[Mapping[str, float]] = (),
-        blend: float = 0.0,
+        blend: float | Sequence[float] = 0.0,
     ) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         start = 0
@@ -148,10 +148,12 @@ class LaggedHead(SoftmaxHead):
             if len(W):
                 P = softmax_rows(X[start:end], W, b)
                 rows = profiles[start:end] if profiles else ()
-                out += list(blend_profiles(P, [len(W)] * len(P), self.index, rows, blend))
+                part = blend if np.isscalar(blend) else blend[start:end]
+                out += list(blend_profiles(P, [len(W)] * len(P), self.index, rows, part))
             else:
                 out += [np.zeros(0, np.float32)] * (end - start)
-            super().test_then_train_many(X[start:end], categories[start:end], profiles[start:end], blend)
+            part = blend if np.isscalar(blend) else blend[start:end]
+            super().test_then_train_many(X[start:end], categories[start:end], profiles[start:end], part)
             self._seen += end - start
             start = end
         return out

@@ -134,7 +134,8 @@ PREQUENTIAL_VARIANTS: dict[str, dict[str, Any]] = {
     "tau 30 d": {"tau_s": 30 * DAY_S},
     "no category profile": {"category_hash_dim": 0},
     "head alone (no profile blend)": {"category_blend": 0.0},
-    "recent categories alone (no head)": {"category_blend": 1.0},
+    "recent categories alone (no head)": {"category_blend": 1.0, "category_blend_mass": 0.0},
+    "profile share fixed at 0.75 (before 2026-12-01)": {"category_blend": 0.75, "category_blend_mass": 0.0},
     "category tau 365 d": {"category_tau_s": 365 * DAY_S},
     "learning_rate 0.01": {"learning_rate": 0.01},
 }

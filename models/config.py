@@ -36,22 +36,30 @@ class InterestConfig:
     dimension stays fixed however many categories a catalogue has). 0 turns the profile off."""
     category_tau_s: float = 120.0
     """Decay time constant of the recent-category profile: what the user is browsing *now* predicts the
-    next category best. Chosen with ``category_blend`` and ``learning_rate`` on the first half of the
-    MovieLens sample's prequential replay, the head scored with weights up to 2,560 events old (as a
-    worker serves it while many users interleave; ``evaluation.protocols.LaggedHead``): acc@1 there
-    60 s 0.561, 120 s 0.562, 300 s 0.549, 600 s 0.534, 1 h 0.506 (``benchmarks/category_head.py``: each
-    setting changed alone from the defaults)."""
-    category_blend: float = 0.75
-    """Share of the recent-category profile in the served next-category distribution; the head's softmax
-    has the rest (``head.blend_profiles``). Validation as above: 0 (the head alone) 0.495, 0.5 0.551, 0.75
-    0.562, 0.9 0.561, 1 (the profile alone) 0.554."""
+    next category best. Chosen with ``category_blend``, ``category_blend_mass`` and ``learning_rate`` on
+    the first half of the MovieLens sample's prequential replay, the head scored with weights up to 2,560
+    events old (as a worker serves it while many users interleave; ``evaluation.protocols.LaggedHead``):
+    acc@1 there 60 s 0.5632, 120 s 0.5666, 300 s 0.5545, 600 s 0.5399, 1 h 0.5120
+    (``benchmarks/category_head.py``: each setting changed alone from the defaults, 2026-12-01)."""
+    category_blend: float = 1.0
+    """The recent-category profile's largest share in the served next-category distribution; the head's
+    softmax has the rest (``head.blend_profiles``). Validation as above: 0 (the head alone) 0.4783, 0.5
+    0.5390, 0.75 0.5570, 0.9 0.5639, 1 0.5666."""
+    category_blend_mass: float = 2.0
+    """The profile's share is ``category_blend * m / (m + category_blend_mass)``, m its mass when the
+    prediction is made (``UserState.category_mass``: each event counts exp(-age / ``category_tau_s``), so
+    about the number of the user's events in the last two minutes): one event just now gives the profile
+    a third, three in a row three fifths, and a session gone quiet leaves the head to speak. 0: a fixed
+    share. Validation as above: 1 0.5660, 2 0.5666, 4 0.5612; 0 (with ``category_blend`` 1: the profile
+    alone) 0.5536; the fixed share of 0.75 used before 2026-12-01, 0.5613 (0.5622 with its learning rate
+    of 0.001)."""
 
     # Softmax head (online multinomial logistic regression)
-    learning_rate: float = 0.001
-    """Validation as above: 0.001 0.562, 0.002 0.561, 0.005 0.556, 0.01 0.550. The earlier default (0.01,
-    a 365-day profile, no blend) scored 0.565 with fresh weights but 0.382 with lagged ones: it predicted
-    well only while its last steps were the same user's previous events, which is the MovieLens replay's
-    order (95% of consecutive events are one user's) and not a busy stream's."""
+    learning_rate: float = 0.002
+    """Validation as above: 0.001 0.5658, 0.002 0.5666, 0.003 0.5649, 0.005 0.5612, 0.01 0.5520. The
+    earlier default (0.01, a 365-day profile, no blend) scored 0.565 with fresh weights but 0.382 with
+    lagged ones: it predicted well only while its last steps were the same user's previous events, which
+    is the MovieLens replay's order (95% of consecutive events are one user's) and not a busy stream's."""
     l2: float = 1e-5
     top_k: int = 5
     max_classes: int = 256
@@ -127,8 +135,8 @@ class InterestConfig:
             raise ValueError("tau_s must be positive")
         if self.category_hash_dim < 0 or self.category_tau_s <= 0:
             raise ValueError("category_hash_dim must be >= 0 and category_tau_s positive")
-        if not 0.0 <= self.category_blend <= 1.0:
-            raise ValueError("category_blend must be within [0, 1]")
+        if not 0.0 <= self.category_blend <= 1.0 or self.category_blend_mass < 0:
+            raise ValueError("category_blend must be within [0, 1], category_blend_mass >= 0")
         if self.dedup_window < 1 or self.context_hash_dim < 1 or self.max_classes < 1:
             raise ValueError("dedup_window, context_hash_dim and max_classes must be >= 1")
         if self.sequence_len < 0 or self.sequence_len > 10_000:

@@ -164,7 +164,7 @@ class InterestCore:
         for every update, in one batch; the query API asks for one user."""
         rows = FeatureRows(self.dim, self.config, 1)
         rows.add(state, state.t_ref if ts is None else ts, context or {})
-        return head.top_k_many(rows.matrix(), self.config.top_k, rows.profiles, self.config.category_blend)[0]
+        return head.top_k_many(rows.matrix(), self.config.top_k, rows.profiles, rows.blends)[0]
 
     def embed(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
         """Unit vectors keyed by encoder text; all cache misses of the batch go in one encoder call."""
@@ -243,9 +243,10 @@ class InterestCore:
         # The head learns from its own probabilities; what is served (and scored) is their blend with
         # the user's recent categories.
         n = len(learned)
-        result.predictions = head.test_then_train_many(x[:n], learned, rows.profiles[:n], cfg.category_blend)
+        result.predictions = head.test_then_train_many(x[:n], learned, rows.profiles[:n], rows.blends[:n])
         profiles = [rows.profiles[i] for i in final]
-        tops = head.top_k_many(x[final], cfg.top_k, profiles, cfg.category_blend) if final else []
+        blends = [rows.blends[i] for i in final]
+        tops = head.top_k_many(x[final], cfg.top_k, profiles, blends) if final else []
         for (user, event), top in zip(newest, tops, strict=True):
             state = loaded[user]
             result.states[user] = state

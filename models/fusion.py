@@ -17,7 +17,9 @@ regions or free context keys producers send. The recent-category profile (``User
 lets the head learn "what this user is picking now" and correct it with the text and time features,
 instead of reading genre taste out of a text vector. Log shares because the head is a softmax: logits
 linear in log p reproduce the profile itself. The rows also keep each profile unhashed: the head's
-prediction is blended with it by name (``head.blend_profiles``), which hashing collisions would blur.
+prediction is blended with it by name (``head.blend_profiles``), which hashing collisions would blur,
+with the profile's share for that row (``blends``: ``category_blend``, scaled by the profile's mass when
+``category_blend_mass`` is set).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class FeatureRows:
         self.t_ref = np.zeros(capacity)
         self.applied = np.zeros(capacity)
         self.profiles: list[dict[str, float]] = []  # per row: the recent-category shares, by name
+        self.blends: list[float] = []  # per row: the profile's share in the served distribution
 
     def add(self, state: UserState, ts: float, context: dict[str, str]) -> int:
         """Capture row ``n`` (returned) for ``state`` at time ``ts``; ``matrix()`` has its features."""
@@ -78,6 +81,11 @@ class FeatureRows:
         self.counts[i] = state.counts
         profile = state.category_profile()
         self.profiles.append(profile)
+        blend = self.cfg.category_blend
+        if self.cfg.category_blend_mass and profile:
+            mass = state.category_mass(ts, self.cfg)
+            blend *= mass / (mass + self.cfg.category_blend_mass)
+        self.blends.append(blend)
         if self.cfg.category_hash_dim:
             row, buckets = self.categories[i], self.cfg.category_hash_dim
             for category, share in profile.items():

@@ -6,7 +6,8 @@ several categories is a soft target spread evenly over them.
 
 What a user is served (``top_interests``, and what ``evaluate`` scores) is the head's softmax blended
 with the user's own recent categories (``blend_profiles``): the head learns across users, the profile
-knows this user's session.
+knows this user's session, and its share grows with how much of that session is recent
+(``InterestConfig.category_blend_mass``, computed with the features in ``fusion.FeatureRows``).
 
 The class set grows online: a category gets a zero row the first time it appears (before the test step,
 so the log-loss stays finite). ``merge`` averages replicas weighted by how many examples each has seen,
@@ -35,19 +36,20 @@ def blend_profiles(
     known: Sequence[int],
     index: Mapping[str, int],
     profiles: Sequence[Mapping[str, float]],
-    weight: float,
+    weight: float | Sequence[float],
 ) -> np.ndarray:
-    """``(1 - weight) * P + weight * Q`` row by row: the head's probabilities ``P`` (row i over its first
-    ``known[i]`` classes, zeros after; ``index``: class name -> column) blended with ``Q``, each row's
-    user's recent-category shares (``UserState.category_profile``) over the same classes. A row whose
-    profile has none of them (no history yet) stays the head's.
+    """``(1 - weight) * P + weight * Q`` row by row (``weight``: one for all rows, or one per row): the
+    head's probabilities ``P`` (row i over its first ``known[i]`` classes, zeros after; ``index``: class
+    name -> column) blended with ``Q``, each row's user's recent-category shares
+    (``UserState.category_profile``) over the same classes. A row whose profile has none of them (no
+    history yet) stays the head's.
 
     Why: a global head trained by SGD predicts a user's next category well only while the user's own
     events are the latest it learned from. Where many users interleave, its weights cannot track one
     user's session, and the user's own recent categories carry that (``evaluate`` scores the head with
     lagged weights to show it). The head keeps what it learns across users: which categories follow,
     and at what time of day."""
-    if not weight or not any(profiles) or not P.size:
+    if not np.any(weight) or not any(profiles) or not P.size:
         return P
     Q = np.zeros(P.shape)
     for i, profile in enumerate(profiles):  # a handful of entries per row, however many classes
@@ -58,7 +60,8 @@ def blend_profiles(
     total = Q.sum(axis=1)
     has = total > 0
     out = P.astype(np.float64)
-    out[has] = (1.0 - weight) * out[has] + (weight / total[has])[:, None] * Q[has]
+    w = np.broadcast_to(np.asarray(weight, np.float64), (len(P),))[has][:, None]  # one, or one per row
+    out[has] = (1.0 - w) * out[has] + (w / total[has][:, None]) * Q[has]
     return out
 
 
@@ -182,7 +185,7 @@ class SoftmaxHead:
         X: np.ndarray,
         k: int,
         profiles: Sequence[Mapping[str, float]] = (),
-        blend: float = 0.0,
+        blend: float | Sequence[float] = 0.0,
     ) -> list[list[tuple[str, float]]]:
         """``top_k`` of each row of ``X``: one matrix product for all rows, ``top_indices`` per row; with
         ``profiles`` (one per row), of each row's ``blend_profiles``."""
@@ -225,7 +228,7 @@ class SoftmaxHead:
         X: np.ndarray,
         categories: Sequence[tuple[str, ...] | list[str]],
         profiles: Sequence[Mapping[str, float]] = (),
-        blend: float = 0.0,
+        blend: float | Sequence[float] = 0.0,
     ) -> list[np.ndarray]:
         """``test_then_train`` on each row of ``X`` in order, exactly as one call per row would: the
         worker's hot loop, so each row costs one product with the weights, a softmax and a rank-one step,

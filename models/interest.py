@@ -250,6 +250,16 @@ class UserState:
         total = sum(self.categories.values())
         return {c: w / total for c, w in self.categories.items()} if total > 0 else {}
 
+    def category_mass(self, ts: float, cfg: InterestConfig) -> float:
+        """The recent-category profile's decayed weight at time ``ts``: each event counts
+        ``exp(-(ts - t_i) / category_tau_s)``, 1 at its own time (a ``ts`` before the profile's first event
+        counts as at that event's time). How much of the user's session is recent: the served
+        distribution gives the profile a larger share the larger this is (``category_blend_mass``)."""
+        if not self.categories:
+            return 0.0
+        ahead = max(ts - self.category_origin, 0.0) / cfg.category_tau_s
+        return sum(self.categories.values()) * math.exp(-ahead)
+
     def category_shares(self, cfg: InterestConfig, scale: float = 1.0) -> np.ndarray:
         """The profile hashed into ``cfg.category_hash_dim`` buckets, as shares summing to ``scale``
         (zeros before any category): the head's features."""

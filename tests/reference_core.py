@@ -50,6 +50,16 @@ def fuse(state: UserState, ts: float, context: dict[str, str], cfg: InterestConf
     return x
 
 
+def profile_share(state: UserState, ts: float, cfg: InterestConfig) -> float:
+    """The recent-category profile's share in what is served at ``ts``: ``category_blend``, times
+    m / (m + ``category_blend_mass``) where m sums each profiled event's exp(-(ts - t_i) / tau)."""
+    if not cfg.category_blend_mass or not state.categories:
+        return cfg.category_blend
+    fade = math.exp(-max(ts - state.category_origin, 0.0) / cfg.category_tau_s)
+    mass = sum(state.categories.values()) * fade
+    return cfg.category_blend * mass / (mass + cfg.category_blend_mass)
+
+
 def predict_proba(head: SoftmaxHead, x: np.ndarray) -> np.ndarray:
     if not head.classes:
         return np.zeros(0, np.float32)
@@ -153,7 +163,8 @@ def apply(core: InterestCore, events, embeddings, states, head: SoftmaxHead) -> 
         emb = embeddings[item.encoder_text]
         x = fuse(state, event.ts, event.context, cfg)
         profile = state.category_profile()
-        result.predictions.append(predict_then_learn(head, x, item.categories, profile, cfg.category_blend))
+        share = profile_share(state, event.ts, cfg)
+        result.predictions.append(predict_then_learn(head, x, item.categories, profile, share))
         add(state, event.event_id, event.ts, event.type, emb, cfg, event.item_id, event.offset,
             item.categories)  # fmt: skip
         result.states[user] = state
@@ -167,8 +178,8 @@ def apply(core: InterestCore, events, embeddings, states, head: SoftmaxHead) -> 
             continue
         result.states[user] = state
         x = fuse(state, newest.ts, newest.context, cfg)
-        result.updates.append(InterestUpdate(user, state.version, state.t_ref, state.embedding(),
-                                             top_k(head, x, cfg.top_k, state, cfg.category_blend),
+        top = top_k(head, x, cfg.top_k, state, profile_share(state, newest.ts, cfg))
+        result.updates.append(InterestUpdate(user, state.version, state.t_ref, state.embedding(), top,
                                              state.events_applied,
                                              core.encoder.name, newest))  # fmt: skip
     return result

@@ -135,14 +135,16 @@ def random_stream(rng: np.random.Generator, n: int, dim: int) -> tuple[list[tupl
     return events, embeddings
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_the_batched_core_computes_what_one_event_at_a_time_computes(encoder, seed):
+@pytest.mark.parametrize("seed, blend_mass", [(0, InterestConfig.category_blend_mass), (1, 0.0)])
+def test_the_batched_core_computes_what_one_event_at_a_time_computes(encoder, seed, blend_mass):
     """The fast path (features, head steps and top-k batched) against ``reference_core``, the per-event
     code it replaced, on 6,000 random events in batches of random size: the same states, predictions,
-    updates, statistics and weights, to 1e-5."""
+    updates, statistics and weights, to 1e-5 (the profile's share in what is served growing with its
+    mass, as by default, and fixed)."""
     import reference_core
 
-    cfg = InterestConfig(max_classes=30, l2=1e-3, learning_rate=0.05)  # classes past the limit, strong L2
+    # classes past the limit, strong L2
+    cfg = InterestConfig(max_classes=30, l2=1e-3, learning_rate=0.05, category_blend_mass=blend_mass)
     core = InterestCore(cfg, CachedEncoder(encoder))
     rng = np.random.default_rng(seed)
     events, embeddings = random_stream(rng, 6_000, core.dim)
@@ -220,34 +222,46 @@ def test_update_messages_carry_vectors_as_json_numbers_or_base64_float32_and_mat
     assert len(update.to_bytes("base64")) < 0.6 * len(update.to_bytes())
 
 
-@pytest.mark.parametrize("blend", [0.75, 0.0])
-def test_top_interests_follow_the_users_recent_categories(core, blend):
-    """A head trained on one user's crime films still tells another user, who has been watching
+@pytest.mark.parametrize(
+    "blend, mass, gap_s, animation",
+    [
+        (1.0, 2.0, 10, True),  # the default, the session going on: a mass of 2.7, a share of 0.58
+        (1.0, 2.0, 3600, False),  # the default, the session gone quiet: the head speaks
+        (0.75, 0.0, 3600, True),  # a fixed share: the profile, however old
+        (0.0, 2.0, 10, False),  # no blend: the head alone
+    ],
+)
+def test_top_interests_follow_the_users_recent_categories(core, blend, mass, gap_s, animation):
+    """A head trained on one user's crime films still tells another user, who has just been watching
     animation, that animation comes next: the served distribution blends in their own recent
-    categories (``category_blend``); with the blend off it is the head's alone."""
-    cfg = InterestConfig(category_blend=blend)
+    categories (``category_blend``), with a share that grows with how many of them are recent
+    (``category_blend_mass``); an hour later, the head's crime films win again. With the blend off it
+    is the head's alone."""
+    cfg = InterestConfig(category_blend=blend, category_blend_mass=mass)
     model = InterestCore(cfg, core.encoder)
     toy, heat = (
         Item("Toy Story (1995)", categories=("Animation",)),
         Item("Heat (1995)", categories=("Crime",)),
     )
-    first = [(Event("t0", "kid", "i0", 1_700_000_000, "click", offset=0), toy)]
+    first = [(Event(f"t{k}", "kid", "i0", 1_700_000_000 + k, "click", offset=k), toy) for k in range(3)]
     first += [
-        (Event(f"h{k}", "heavy", "i1", 1_700_000_001 + k, "click", offset=1 + k), heat) for k in range(200)
+        (Event(f"h{k}", "heavy", "i1", 1_700_000_003 + k, "click", offset=3 + k), heat) for k in range(200)
     ]
-    later = [(Event("t1", "kid", "i0", 1_700_000_300, "click", offset=201), toy)]
+    later = [(Event("t9", "kid", "i0", 1_700_000_002 + gap_s, "click", offset=203), toy)]
     states: dict = {}
     head = model.new_head()
     embeddings = model.embed([toy, heat])
     states.update(model.apply(first, embeddings, states, head).states)
     result = model.apply(later, embeddings, states, head)
-    # The kid's second event is predicted from the state after their first and a head that has learned
-    # 200 crime films since.
+    # The kid's fourth event is predicted from the state after their first three and a head that has
+    # learned 200 crime films since.
     (served,) = result.predictions
-    assert (served.argmax() == head.classes.index("Animation")) == bool(blend)
-    assert served[head.classes.index("Animation")] >= blend
+    assert (served.argmax() == head.classes.index("Animation")) == animation
+    if not mass:
+        assert served[head.classes.index("Animation")] >= blend
     (update,) = result.updates
-    assert update.top_interests[0][0] == ("Animation" if blend else "Crime")
+    if gap_s < 3600:  # (an hour on, the update after the new event has that one event in the profile)
+        assert update.top_interests[0][0] == ("Animation" if animation else "Crime")
     # What the query API serves for the user (``InterestCore.top_interests``) is what the update carried.
     served = model.top_interests(head, result.states["kid"], update.last_event.ts, update.last_event.context)
     assert served == update.top_interests

@@ -132,3 +132,15 @@ def test_blend_profile_mixes_in_the_users_recent_categories_by_name():
     np.testing.assert_array_equal(blend_profile(p, classes, {"War": 1.0}, 0.75), p)  # none of p's classes
     np.testing.assert_array_equal(blend_profile(p, classes, {"Comedy": 1.0}, 0.0), p)
     np.testing.assert_allclose(blend_profile(p, classes, {"Comedy": 0.2, "Drama": 0.6}, 1.0), [0.75, 0.25, 0])
+
+
+def test_blend_profiles_takes_one_weight_per_row():
+    from models.head import blend_profiles
+
+    P = np.array([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
+    classes = {"Drama": 0, "Comedy": 1, "Horror": 2}
+    rows = [{"Horror": 1.0}] * 3
+    out = blend_profiles(P, [3, 3, 3], classes, rows, [0.0, 0.25, 1.0])
+    for row, w in zip(out, (0.0, 0.25, 1.0), strict=True):  # each row as that one weight blends it
+        np.testing.assert_allclose(row, blend_profile(P[0], classes, rows[0], w))
+    np.testing.assert_allclose(out[2], [0, 0, 1])

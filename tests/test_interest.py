@@ -236,3 +236,16 @@ def test_float16_vectors_store_764_bytes_less_and_drift_little():
     assert back.to_bytes("float16") == raw16
     with pytest.raises(ValueError, match="float16"):
         stored.to_bytes("float64")
+
+
+def test_the_category_mass_counts_each_event_once_at_its_time_and_fades_with_tau():
+    s = UserState.empty(DIM, 16)
+    assert s.category_mass(1e9, CFG) == 0.0
+    for k in range(3):
+        s.add(f"e{k}", 1e9 + 10 * k, "click", unit(k), CFG, f"i{k}", categories=("Drama", "Comedy"))
+    tau = CFG.category_tau_s
+    now = 1 + math.exp(-10 / tau) + math.exp(-20 / tau)
+    assert s.category_mass(1e9 + 20, CFG) == pytest.approx(now, rel=1e-9)
+    assert s.category_mass(1e9 + 20 + tau, CFG) == pytest.approx(now / math.e, rel=1e-9)
+    # The same from a stored state (the weights are kept relative to the profile's origin).
+    assert UserState.from_bytes(s.to_bytes()).category_mass(1e9 + 20, CFG) == pytest.approx(now, rel=1e-6)
