@@ -145,14 +145,13 @@ class LaggedHead(SoftmaxHead):
                 self._snapshot = (self.W.copy(), self.b.copy())
             end = min(len(X), start + self.lag - self._seen % self.lag)
             W, b = self._snapshot
+            part = blend if np.isscalar(blend) else blend[start:end]  # one share, or one per row
             if len(W):
                 P = softmax_rows(X[start:end], W, b)
                 rows = profiles[start:end] if profiles else ()
-                part = blend if np.isscalar(blend) else blend[start:end]
                 out += list(blend_profiles(P, [len(W)] * len(P), self.index, rows, part))
             else:
                 out += [np.zeros(0, np.float32)] * (end - start)
-            part = blend if np.isscalar(blend) else blend[start:end]
             super().test_then_train_many(X[start:end], categories[start:end], profiles[start:end], part)
             self._seen += end - start
             start = end

@@ -24,7 +24,8 @@ The state also keeps, per recent item, its event type and time: the window of th
 And the user's recent-category profile: the same decayed sum with e_i = the item's categories (1/n
 each), per category name, with its own, short time constant ``category_tau_s`` (two minutes: what the
 user is browsing now). The head reads it hashed into ``category_hash_dim`` buckets as behaviour
-features, and its prediction is blended with the profile itself (``models/head.py``, ``blend_profiles``).
+features, and its prediction is blended with the profile itself (``models/head.py``, ``blend_profiles``),
+the profile's share growing with its decayed mass (``category_mass``: how much of the session is recent).
 Entries that have faded below a millionth of the largest are dropped, so it holds the categories of the
 user's latest session only.
 
@@ -252,8 +253,8 @@ class UserState:
 
     def category_mass(self, ts: float, cfg: InterestConfig) -> float:
         """The recent-category profile's decayed weight at time ``ts``: each event counts
-        ``exp(-(ts - t_i) / category_tau_s)``, 1 at its own time (a ``ts`` before the profile's first event
-        counts as at that event's time). How much of the user's session is recent: the served
+        ``exp(-(ts - t_i) / category_tau_s)``, 1 at its own time (a ``ts`` before the profile's time origin
+        counts as at the origin). How much of the user's session is recent: the served
         distribution gives the profile a larger share the larger this is (``category_blend_mass``)."""
         if not self.categories:
             return 0.0
