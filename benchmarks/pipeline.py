@@ -30,6 +30,7 @@ Machine facts go with the figures; ``run()`` returns them all as a dict (``inter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,6 +306,22 @@ def warm_cache(work: Path, items: dict[str, Item]) -> tuple[Path, dict[str, np.n
     return state / "embedding-cache", {i: by_text[item.encoder_text] for i, item in items.items()}
 
 
+@contextlib.contextmanager
+def bench_broker(work: Path) -> Iterator[tuple[str, int | None]]:
+    """The broker a benchmark runs against, as (bootstrap, its pid): KAFKA_BOOTSTRAP_SERVERS where set
+    (pid None: not ours to measure), else a local broker of its own under ``work``, stopped at the end."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        yield bootstrap, None
+        return
+    broker = LocalBroker(work / "broker")
+    info = broker.start()
+    try:
+        yield info.bootstrap, info.pid
+    finally:
+        broker.stop()
+
+
 def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")  # fmt: skip
@@ -319,12 +337,7 @@ def run(events: int = 50_000, users: int = 10_000, loads: tuple = (1000, 5000, 0
         cold: bool = True, base64: bool = False, work: Path | None = None,
         snapshot: bool = False) -> dict:  # fmt: skip
     work = work or Path(tempfile.mkdtemp(prefix="interest-pipeline-"))
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = LocalBroker(work / "broker")
-        bootstrap = broker.start().bootstrap
-    try:
+    with bench_broker(work) as (bootstrap, _):
         catalogue = movielens_items()
         records = list(zipf_stream(events, users))
         items = {e["item_id"]: catalogue[e["item_id"]] for _, e in records}
@@ -350,9 +363,6 @@ def run(events: int = 50_000, users: int = 10_000, loads: tuple = (1000, 5000, 0
         if loads:
             result["latency"] = latency(bootstrap, work, users, all_items, cache, list(loads), seconds)
         return result
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 def main() -> None:

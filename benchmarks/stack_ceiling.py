@@ -166,21 +166,14 @@ def run(events: int = 200_000, users: int = 10_000, worker: bool = True) -> dict
     """Every consumer's row on one backlog (a local broker of its own unless KAFKA_BOOTSTRAP_SERVERS)."""
     from kafka import KafkaProducer
 
-    from benchmarks.pipeline import machine, throughput, warm_cache
+    from benchmarks.pipeline import bench_broker, machine, throughput, warm_cache
     from benchmarks.synthetic import DEFAULT_EXPONENT, zipf_stream
     from models.sources import movielens_items
-    from streams.devbroker import LocalBroker
     from streams.settings import Settings
     from streams.topics import ensure_topics
 
     work = Path(tempfile.mkdtemp(prefix="stack-ceiling-"))
-    broker, broker_pid = None, None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = LocalBroker(work / "broker")
-        info = broker.start()
-        bootstrap, broker_pid = info.bootstrap, info.pid
-    try:
+    with bench_broker(work) as (bootstrap, broker_pid):
         prefix = f"ceiling-{uuid.uuid4().hex[:6]}"
         env = {f"INTEREST_{t.upper()}_TOPIC": f"{prefix}-{t}" for t in EVENT_TYPES}
         settings = Settings.load(dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, **env))
@@ -212,9 +205,6 @@ def run(events: int = 200_000, users: int = 10_000, worker: bool = True) -> dict
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
         return result
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 def main() -> None:
