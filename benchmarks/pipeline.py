@@ -118,8 +118,7 @@ class Worker:
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the worker process has used so far: its own cost, apart from the
         broker's and this script's, which share the machine's cores."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.proc.pid)
 
     def state_bytes_on_disk(self) -> int:
         tables = self.state / "faust"
@@ -304,6 +303,12 @@ def warm_cache(work: Path, items: dict[str, Item]) -> tuple[Path, dict[str, np.n
     by_text = core.embed(list(items.values()))
     core.encoder.close()
     return state / "embedding-cache", {i: by_text[item.encoder_text] for i, item in items.items()}
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -44,8 +44,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from models.config import EVENT_TYPES  # noqa: E402
+
 KINDS = ("kafka-python", "aiokafka", "faust", "faust+batches", "faust+batches+parse")
-EVENT_TYPES = ("click", "cart", "order")
 
 
 class Timer:
@@ -139,14 +140,11 @@ def child(kind: str, bootstrap: str, topics: list[str], n: int, group: str) -> N
     app.main()
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_child(kind: str, bootstrap: str, topics: list[str], n: int, broker_pid: int | None) -> dict:
+    from benchmarks.pipeline import process_cpu_s
+
     group = f"ceiling-{uuid.uuid4().hex[:6]}"
-    broker_before = cpu_s(broker_pid) if broker_pid else None
+    broker_before = process_cpu_s(broker_pid) if broker_pid else None
     out = subprocess.run([sys.executable, __file__, "--child", kind, "--bootstrap", bootstrap, "--events",
                           str(n), "--group", group, *topics], capture_output=True, text=True, cwd=REPO,
                          timeout=900)  # fmt: skip
@@ -158,7 +156,7 @@ def run_child(kind: str, bootstrap: str, topics: list[str], n: int, broker_pid: 
            "cpu_ms_per_event": 1000 * got["cpu_s"] / got["timed"], "timed_events": got["timed"],
            "process_cpu_ms_per_event": 1000 * got["process_cpu_s"] / got["records"]}  # fmt: skip
     if broker_before is not None:
-        row["broker_cpu_ms_per_event_whole_run"] = 1000 * (cpu_s(broker_pid) - broker_before) / n
+        row["broker_cpu_ms_per_event_whole_run"] = 1000 * (process_cpu_s(broker_pid) - broker_before) / n
     return row
 
 
@@ -166,7 +164,7 @@ def run(events: int = 200_000, users: int = 10_000, worker: bool = True) -> dict
     """Every consumer's row on one backlog (a local broker of its own unless KAFKA_BOOTSTRAP_SERVERS)."""
     from kafka import KafkaProducer
 
-    from benchmarks.pipeline import bench_broker, machine, throughput, warm_cache
+    from benchmarks.pipeline import bench_broker, machine, process_cpu_s, throughput, warm_cache
     from benchmarks.synthetic import DEFAULT_EXPONENT, zipf_stream
     from models.sources import movielens_items
     from streams.settings import Settings
@@ -196,12 +194,13 @@ def run(events: int = 200_000, users: int = 10_000, worker: bool = True) -> dict
             catalogue = movielens_items()
             items = {e["item_id"]: catalogue[e["item_id"]] for _, e in records}
             cache, _ = warm_cache(work, items)
-            before = cpu_s(broker_pid) if broker_pid else None
+            before = process_cpu_s(broker_pid) if broker_pid else None
             got = throughput(bootstrap, work, records, items, cache, "ceiling")
             row = {"consumer": "worker", "events_per_s": got["events_per_s"], "timed_events": got["events"],
                    "cpu_ms_per_event": got["worker_cpu_ms_per_event"]}  # fmt: skip
             if before is not None:
-                row["broker_cpu_ms_per_event_whole_run"] = 1000 * (cpu_s(broker_pid) - before) / events
+                broker_s = process_cpu_s(broker_pid) - before
+                row["broker_cpu_ms_per_event_whole_run"] = 1000 * broker_s / events
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
         return result
