@@ -200,18 +200,27 @@ def paired_accuracy_difference(
 
 def reliability(pred: CategoryPredictions, bins: int = 10) -> dict[str, object]:
     """Calibration of the top-1 prediction: events binned by its probability; per bin the mean
-    probability, the share where it was right (one of the item's categories) and the count. ``ece`` is
-    the count-weighted mean gap between the two (expected calibration error)."""
+    probability, the mean share of the event's categories that the top category holds, the share of
+    events where it was one of them, and the count.
+
+    A probability here is a category's expected *share* of the next item's categories (an item with n
+    categories gives each 1/n: what the profile counts, what the head is trained on and what log-loss
+    scores), so ``ece``, the count-weighted mean gap between probability and share, is the calibration
+    error. ``ece_hit`` compares the probability with being one of them instead: with items of several
+    categories a calibrated share sits below that, so it is reported beside ``ece``, not as it."""
     if len(pred.proba) == 0:
-        return {"bins": [], "ece": float("nan")}
+        return {"bins": [], "ece": float("nan"), "ece_hit": float("nan")}
     top = np.argmax(pred.proba, axis=1)
     conf = pred.proba[np.arange(len(top)), top]
     hit = top1_hits(pred)
+    share = pred.truth[np.arange(len(top)), top] / np.maximum(pred.truth.sum(axis=1), 1)
     which = np.minimum((conf * bins).astype(int), bins - 1)
-    rows, ece = [], 0.0
+    rows, ece, ece_hit = [], 0.0, 0.0
     for b in range(bins):
         m = which == b
         if m.any():
-            rows.append([round(float(conf[m].mean()), 6), round(float(hit[m].mean()), 6), int(m.sum())])
-            ece += m.sum() / len(conf) * abs(conf[m].mean() - hit[m].mean())
-    return {"bins": rows, "ece": round(float(ece), 6)}
+            c, s, h = float(conf[m].mean()), float(share[m].mean()), float(hit[m].mean())
+            rows.append([round(c, 6), round(s, 6), round(h, 6), int(m.sum())])
+            ece += m.sum() / len(conf) * abs(c - s)
+            ece_hit += m.sum() / len(conf) * abs(c - h)
+    return {"bins": rows, "ece": round(float(ece), 6), "ece_hit": round(float(ece_hit), 6)}

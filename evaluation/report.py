@@ -178,7 +178,7 @@ def _plots(n: dict[str, Any], out: Path) -> list[str]:
                 ax.plot([b[0] for b in cal["bins"]], [b[1] for b in cal["bins"]], marker="o",
                         label=f"{m} (ECE {cal['ece']:.3f})", lw=2 if m == "default" else 1)  # fmt: skip
         ax.set_xlabel("top-1 probability (bin mean)")
-        ax.set_ylabel("share of events where the top category was right")
+        ax.set_ylabel("the top category's share of the item's categories")
         ax.legend(fontsize=7)
         fig.tight_layout()
         files.append(f"eval-{name}-calibration.png")
@@ -361,16 +361,21 @@ def render_markdown(n: dict[str, Any], plots: list[str]) -> str:
             "acc@1 and log-loss over the later half of the events only (a lead won early, while the "
             "baselines have little to count, must hold once users have history); the first half is where "
             "the defaults were chosen (validation); ECE: expected calibration error of the top-1 probability "
-            "(10 bins; the reliability plot shows the bins). The lagged row predicts with head weights up to "
+            "against the share of the item's categories that the top category holds (an item with n "
+            "categories gives each 1/n: what a probability here means and what log-loss scores; 10 bins, "
+            "the reliability plot shows them); ECE (hit): against the top category being one of them, "
+            "which a calibrated share stays below when items have several. The lagged row predicts with "
+            "head weights up to "
             "2,560 events old: in the replay one user's events follow each other, in a busy stream thousands "
             "of other users' come between them."
         )
         L.append("")
-        L.append("| model | first-half acc@1 | second-half acc@1 | second-half log-loss | ECE |")
-        L.append("| --- | --- | --- | --- | --- |")
+        L.append("| model | first-half acc@1 | second-half acc@1 | second-half log-loss | ECE | ECE (hit) |")
+        L.append("| --- | --- | --- | --- | --- | --- |")
         for m, e in n["prequential"].items():
             if ":" not in m and "second_half_acc@1" in e:
-                ece = _num(e["calibration"]["ece"]) if "calibration" in e else "-"
+                cal = e.get("calibration") or {}
+                ece = f"{_num(cal['ece'])} | {_num(cal['ece_hit'])}" if "ece_hit" in cal else "- | -"
                 half = f"{_ci(e['second_half_acc@1'])} | {_ci(e['second_half_log_loss'])}"
                 first = _num(e["first_half_acc@1"]) if "first_half_acc@1" in e else "-"
                 L.append(f"| {m} | {first} | {half} | {ece} |")

@@ -18,6 +18,7 @@ from evaluation.metrics import (
     classification_metrics,
     paired_accuracy_difference,
     rank_metrics,
+    reliability,
 )
 from evaluation.protocols import _rank_all, loo_split, never_learned, tied_test_events
 from evaluation.scorers import Histories
@@ -93,6 +94,27 @@ def test_paired_accuracy_difference_cancels_what_the_users_share():
     assert 0 < diff.low < diff.value < diff.high
     ia, ib = (bootstrap_classification(p, 200, 100, seed=1)["acc@1"] for p in (a, b))
     assert ia.low < ib.high  # unpaired, the intervals overlap
+
+
+def test_reliability_measures_the_share_a_probability_stands_for():
+    # Items of two categories out of four, drawn uniformly; a model that knows the pair and gives each
+    # of its categories 0.5 predicts each category's share exactly: calibrated (ECE 0), although its top
+    # category is always one of the item's (hit rate 1 against probability 0.5).
+    rng = np.random.default_rng(0)
+    pairs = [(0, 1), (1, 2), (2, 3), (0, 3)]
+    truth = np.zeros((400, 4))
+    for row, k in enumerate(rng.integers(0, 4, 400)):
+        truth[row, list(pairs[k])] = 1
+    exact = CategoryPredictions(list("abcd"), truth / 2, truth, np.arange(400) % 10)
+    cal = reliability(exact)
+    assert cal["ece"] == pytest.approx(0.0, abs=1e-9)
+    assert cal["ece_hit"] == pytest.approx(0.5)
+    assert [row[3] for row in cal["bins"]] == [400]
+    # Overconfident: 0.9 on one category of the pair, whose share is 1/2: off by 0.4.
+    sure = np.full((400, 4), 0.1 / 3)
+    sure[np.arange(400), truth.argmax(axis=1)] = 0.9
+    cal = reliability(CategoryPredictions(list("abcd"), sure, truth, np.arange(400) % 10))
+    assert cal["ece"] == pytest.approx(0.4)
 
 
 def _event(user: str, item: str, ts: float, cats=("c",)) -> tuple[str, dict]:
