@@ -35,13 +35,14 @@ from kafka import KafkaConsumer, KafkaProducer
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.pipeline import bench_broker  # noqa: E402
 from models.cache import CachedEncoder  # noqa: E402
 from models.core import InterestCore  # noqa: E402
 from models.encoder import TextEncoder  # noqa: E402
 from models.events import Item  # noqa: E402
 from models.replay import replay  # noqa: E402
 from models.sources import movielens_events, movielens_items  # noqa: E402
-from streams.devbroker import LocalBroker, free_port  # noqa: E402
+from streams.devbroker import free_port  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
@@ -61,13 +62,14 @@ def main() -> None:
     ap.add_argument("--trainer-sync-s", type=float, default=10.0, help="the trainer's snapshot interval")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="interest-bench-"))
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = LocalBroker(work / "broker")
-        t = time.perf_counter()
-        bootstrap = broker.start().bootstrap
-        print(f"broker start: {time.perf_counter() - t:.2f} s")
+    t = time.perf_counter()
+    with bench_broker(work) as (bootstrap, pid):  # stopped however the run ends
+        if pid is not None:
+            print(f"broker start: {time.perf_counter() - t:.2f} s")
+        measure(args, work, bootstrap)
+
+
+def measure(args: argparse.Namespace, work: Path, bootstrap: str) -> None:
     run = uuid.uuid4().hex[:6]
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_APP_ID=f"bench-{run}",
                INTEREST_STATE_DIR=str(work / "worker"), INTEREST_WEB_PORT=str(free_port()),
@@ -137,8 +139,6 @@ def main() -> None:
             f"up on the same events: {learn_rate:,.0f} events/s over {intervals} snapshot intervals of "
             f"{args.trainer_sync_s:g} s ({learn_rate / rate:.2f} of the worker without a snapshot)"
         )
-    if broker is not None:
-        broker.stop()
 
 
 def run_trainer(bootstrap, env, run, records, used, work, sync_s):  # noqa: ANN001, ANN201
